@@ -1,0 +1,33 @@
+"""ambient-ratelimit: application-level rate limiting backed by Redis.
+
+Sliding-window-counter limits decided by atomic Redis Lua scripts (Redis server time,
+one round trip per request, all-or-nothing across several limits), with an in-memory
+backend that runs the same math. Built for services that lost Envoy's rate limits
+when they moved to Istio Ambient mode.
+
+    >>> from ratelimit import Limiter
+    >>> limiter = Limiter()                    # memory backend
+    >>> limiter.hit("alice", "2/minute").allowed
+    True
+"""
+
+from __future__ import annotations
+
+from ._decision import Decision, LimitStatus
+from ._rate import Rate, RateParseError, parse_rates
+from .backends.base import Backend, BackendError
+from .limiter import Limiter
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "Decision",
+    "LimitStatus",
+    "Limiter",
+    "Rate",
+    "RateParseError",
+    "__version__",
+    "parse_rates",
+]
+
+__version__ = "0.1.0"

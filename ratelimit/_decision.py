@@ -1,0 +1,92 @@
+"""Decisions: what a hit was answered, with everything response headers need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._rate import Rate
+
+__all__ = ["Decision", "LimitStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitStatus:
+    """How one limit of a request stood after the decision.
+
+    Attributes:
+        identity: what the limit counts per (as given to ``hit``).
+        rate: the limit.
+        cost: what the request was charged (or would have been) on this limit.
+        allowed: whether this limit alone admitted the request.
+        remaining: hits of cost 1 still possible now (never negative).
+        reset_after: seconds until this counter has fully decayed to zero.
+        retry_after: seconds until the same cost would fit (0 when it fits now).
+    """
+
+    identity: str | bytes
+    rate: Rate
+    cost: int
+    allowed: bool
+    remaining: int
+    reset_after: float
+    retry_after: float
+
+    @property
+    def limit(self) -> int:
+        """The number of hits the window allows."""
+        return self.rate.limit
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to a hit: allowed or not, plus header material, from one round trip.
+
+    ``limit``, ``remaining`` and ``reset_after`` describe the tightest limit of the
+    request: when denied, the one that keeps it denied longest; when allowed, the one
+    with the fewest hits left. ``limits`` has every limit, in the order requested.
+    ``retry_after`` is 0 when allowed, else the seconds until the same request would
+    be allowed assuming no other traffic. ``fallback`` is true when the backend failed
+    and the limiter's failure policy answered instead.
+
+    A Decision is truthy when allowed::
+
+        if not limiter.hit(user, "10/second"):
+            ...
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+    limits: tuple[LimitStatus, ...] = ()
+    fallback: bool = False
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    @property
+    def denied(self) -> bool:
+        """``not allowed``, for readability at call sites."""
+        return not self.allowed
+
+    @classmethod
+    def from_limits(cls, allowed: bool, limits: tuple[LimitStatus, ...], fallback: bool = False) -> Decision:
+        """Build a Decision whose headline numbers are those of the tightest limit."""
+        if not limits:
+            return cls(True, 0, 0, 0.0, 0.0, (), fallback)
+        if allowed:
+            tight = min(limits, key=_allowed_order)
+            retry = 0.0
+        else:
+            tight = max(limits, key=_denied_order)
+            retry = tight.retry_after
+        return cls(allowed, tight.rate.limit, tight.remaining, tight.reset_after, retry, limits, fallback)
+
+
+def _allowed_order(s: LimitStatus) -> tuple[int, int, float]:
+    return (s.remaining, s.rate.limit, -s.reset_after)
+
+
+def _denied_order(s: LimitStatus) -> tuple[bool, float, int]:
+    return (not s.allowed, s.retry_after, -s.remaining)

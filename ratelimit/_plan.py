@@ -1,0 +1,117 @@
+"""Plan a request (which counters, which limits) and decide from the script's raw counts.
+
+This is the I/O-free middle of every hit::
+
+    (identity, rate, cost) items --plan--> Plan --backend--> raw counts --decide--> Decision
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ._decision import Decision, LimitStatus
+from ._keyspace import Identity, KeySpace
+from ._rate import Rate, RateLike, parse_rates
+from ._window import reset_after_us, retry_after_us
+
+__all__ = ["HitItem", "Plan", "check_cost", "decide", "fallback_decision", "make_plan"]
+
+# What hit_many accepts: (identity, rate) or (identity, rate, cost).
+HitItem = tuple[Identity, RateLike] | tuple[Identity, RateLike, int]
+
+
+def check_cost(cost: object) -> int:
+    """Validate a cost: an integer >= 0 (0 checks without consuming)."""
+    if isinstance(cost, bool) or not isinstance(cost, int):
+        raise TypeError(f"cost must be an integer >= 0, got {type(cost).__name__}: {cost!r}")
+    if cost < 0:
+        raise ValueError(f"cost must be an integer >= 0, got {cost}")
+    return cost
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One request, ready for a backend.
+
+    ``keys`` are the distinct counters; ``args`` holds ``window_us, limit, cost`` per
+    counter (the tightest limit and the largest cost of the limits sharing it);
+    ``entries`` holds ``(counter index, identity, rate, cost)`` per requested limit.
+    """
+
+    commit: bool
+    keys: tuple[str, ...]
+    args: tuple[int, ...]
+    entries: tuple[tuple[int, Identity, Rate, int], ...]
+
+
+def make_plan(keyspace: KeySpace, items: Iterable[tuple[Identity, RateLike, int]], commit: bool) -> Plan:
+    """Resolve items to counters, merging limits that share a counter."""
+    index: dict[str, int] = {}
+    keys: list[str] = []
+    args: list[int] = []
+    entries: list[tuple[int, Identity, Rate, int]] = []
+    for identity, rate_like, cost in items:
+        check_cost(cost)
+        for rate in parse_rates(rate_like):
+            w = rate.window_us
+            key = keyspace.counter_key(identity, w)
+            i = index.get(key)
+            if i is None:
+                i = index[key] = len(keys)
+                keys.append(key)
+                args += (w, rate.limit, cost)
+            else:
+                args[3 * i + 1] = min(args[3 * i + 1], rate.limit)
+                args[3 * i + 2] = max(args[3 * i + 2], cost)
+            entries.append((i, identity, rate, cost))
+    if not entries:
+        raise ValueError("a hit needs at least one (identity, rate)")
+    # A shared counter is charged once, with the largest cost among its limits.
+    fixed = tuple((i, ident, rate, args[3 * i + 2]) for i, ident, rate, _ in entries)
+    return Plan(commit, tuple(keys), tuple(args), fixed)
+
+
+def decide(plan: Plan, allowed: bool, nows: Sequence[int], counts: Sequence[int]) -> Decision:
+    """Turn the script's answer into a Decision.
+
+    ``nows`` has the server time (microseconds) each counter was decided at (one value
+    per counter; they differ only across Redis Cluster nodes); ``counts`` is the flat
+    ``[p, c, ...]`` the script returned, after the request.
+    """
+    charged = allowed and plan.commit
+    statuses = []
+    for i, identity, rate, cost in plan.entries:
+        now = nows[i]
+        p, c = counts[2 * i], counts[2 * i + 1]
+        w = rate.window_us
+        before = c - cost if charged else c
+        idx = now // w
+        elapsed = now - idx * w
+        weight = (w - elapsed) / w
+        ok = p * weight + before + cost <= rate.limit
+        remaining = max(0, int(rate.limit - (p * weight + c)))
+        retry = 0 if (ok or charged) else retry_after_us(p, before, now, w, rate.limit, cost)
+        statuses.append(
+            LimitStatus(
+                identity, rate, cost, ok, remaining, reset_after_us(p, c, now, w) / 1e6, retry / 1e6
+            )
+        )
+    return Decision.from_limits(allowed, tuple(statuses))
+
+
+def fallback_decision(plan: Plan, allowed: bool, retry_after: float) -> Decision:
+    """The failure policy's answer when the backend could not decide."""
+    statuses = tuple(
+        LimitStatus(
+            identity,
+            rate,
+            cost,
+            allowed,
+            rate.limit if allowed else 0,
+            0.0 if allowed else retry_after,
+            0.0 if allowed else retry_after,
+        )
+        for _, identity, rate, cost in plan.entries
+    )
+    return Decision.from_limits(allowed, statuses, fallback=True)

@@ -1,0 +1,8 @@
+"""Backends: where counters live. ``memory`` needs nothing; ``redis`` needs redis-py."""
+
+from __future__ import annotations
+
+from .base import Backend, BackendError, RawResult
+from .memory import MemoryBackend
+
+__all__ = ["Backend", "BackendError", "MemoryBackend", "RawResult"]

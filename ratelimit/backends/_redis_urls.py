@@ -1,0 +1,163 @@
+"""Redis URLs -> redis-py clients (standalone, TLS, unix socket, Cluster, Sentinel).
+
+Accepted forms (the conventions of the ``limits`` library, so its users feel at home)::
+
+    redis://[[user]:password@]host[:port][/db][?option=value...]
+    rediss://...                       TLS; ?ssl_ca_certs=/path/ca.pem&ssl_cert_reqs=required
+    unix:///path/redis.sock[?db=0]
+    redis+cluster://[[user]:password@]host:port[,host:port...]   (rediss+cluster:// for TLS)
+    redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]
+        ?sentinel_password=...&sentinel_username=...              (rediss+sentinel:// for TLS)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+__all__ = ["RedisTarget", "make_clients", "parse_redis_url"]
+
+_SCHEMES = {
+    "redis": ("standalone", False),
+    "rediss": ("standalone", True),
+    "unix": ("standalone", False),
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+}
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """A parsed Redis URL."""
+
+    url: str
+    kind: str  # standalone | cluster | sentinel
+    tls: bool
+    hosts: tuple[tuple[str, int], ...] = ()
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    service: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+    def redacted(self) -> str:
+        """The URL with any password replaced by ``***`` (safe to log)."""
+        if self.password is None:
+            return self.url
+        return self.url.replace(f":{self.password}@", ":***@", 1)
+
+
+def _port(text: str, url: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"invalid port {text!r} in Redis URL {url!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid port {port} in Redis URL {url!r}")
+    return port
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Parse a Redis URL; raises ValueError naming the URL when it is not one we accept."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(f"not a Redis URL: {url!r} (expected e.g. 'redis://localhost:6379/0')")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in _SCHEMES:
+        raise ValueError(f"unsupported Redis URL scheme {scheme!r} in {url!r}; use one of {sorted(_SCHEMES)}")
+    kind, tls = _SCHEMES[scheme]
+    if scheme == "unix":
+        return RedisTarget(url, kind, tls)  # redis-py parses unix URLs itself
+    parts = urlsplit(url)
+    creds, _, hostlist = parts.netloc.rpartition("@")
+    username = password = None
+    if creds:
+        user, has_pw, pw = creds.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if has_pw else None
+    hosts = []
+    for item in hostlist.split(","):
+        if not item:
+            continue
+        host, _, port = item.rpartition(":") if item.rfind(":") > item.rfind("]") else (item, "", "")
+        default = 26379 if kind == "sentinel" else 6379
+        hosts.append((host.strip("[]") or "localhost", _port(port, url) if port else default))
+    if not hosts:
+        hosts.append(("localhost", 26379 if kind == "sentinel" else 6379))
+    path = [p for p in parts.path.split("/") if p]
+    service = None
+    if kind == "sentinel":
+        if not path:
+            raise ValueError(f"a Sentinel URL names the service: redis+sentinel://host:26379/mymaster, got {url!r}")
+        service, path = unquote(path[0]), path[1:]
+    db = 0
+    if path:
+        if kind == "cluster" or len(path) > 1 or not path[0].isdigit():
+            raise ValueError(f"invalid database {'/'.join(path)!r} in Redis URL {url!r}")
+        db = int(path[0])
+    if kind == "standalone" and len(hosts) > 1:
+        raise ValueError(f"several hosts need redis+cluster:// or redis+sentinel://, got {url!r}")
+    options = dict(parse_qsl(parts.query))
+    return RedisTarget(url, kind, tls, tuple(hosts), username, password, db, service, options)
+
+
+_SSL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_path")
+
+
+def _tls_kwargs(target: RedisTarget) -> dict[str, Any]:
+    if not target.tls:
+        return {}
+    out: dict[str, Any] = {"ssl": True}
+    for name in _SSL_OPTIONS:
+        if name in target.options:
+            value: Any = target.options[name]
+            if name == "ssl_check_hostname":
+                value = value.lower() in ("1", "true", "yes")
+            out[name] = value
+    return out
+
+
+def make_clients(target: RedisTarget, timeout: float, aio: bool) -> Any:
+    """Build a sync (``aio=False``) or asyncio client for ``target``.
+
+    Every socket wait is bounded by ``timeout`` and redis-py's own retries are off: the
+    limiter's failure policy decides what happens when Redis is slow or gone, and a
+    request must never wait for several retries.
+    """
+    if aio:
+        import redis.asyncio as r
+        from redis.asyncio.retry import Retry
+    else:
+        import redis as r  # type: ignore[no-redef]
+        from redis.retry import Retry  # type: ignore[assignment]
+    from redis.backoff import NoBackoff
+
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if target.kind == "standalone":
+        return r.Redis.from_url(target.url, **common)
+    auth = {"username": target.username, "password": target.password}
+    if target.kind == "cluster":
+        if aio:
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+        else:
+            from redis.cluster import ClusterNode, RedisCluster  # type: ignore[assignment]
+        nodes = [ClusterNode(h, p) for h, p in target.hosts]
+        return RedisCluster(startup_nodes=nodes, **auth, **_tls_kwargs(target), **common)
+    if aio:
+        from redis.asyncio.sentinel import Sentinel
+    else:
+        from redis.sentinel import Sentinel  # type: ignore[assignment]
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if "sentinel_password" in target.options:
+        sentinel_kwargs["password"] = target.options["sentinel_password"]
+    if "sentinel_username" in target.options:
+        sentinel_kwargs["username"] = target.options["sentinel_username"]
+    sentinel_kwargs.update(_tls_kwargs(target))
+    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
+    return sentinel.master_for(target.service, db=target.db, **auth, **_tls_kwargs(target), **common)

@@ -1,0 +1,41 @@
+"""What a backend is: the only place a hit does I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from .._plan import Plan
+
+__all__ = ["Backend", "BackendError", "RawResult"]
+
+# (allowed, server time in microseconds per counter, flat [p, c, ...] per counter)
+RawResult = tuple[bool, Sequence[int], Sequence[int]]
+
+
+class BackendError(Exception):
+    """The backend could not decide (unreachable, timed out, or answered an error)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Stores counters and runs the sliding-window script on them.
+
+    ``evaluate``/``aevaluate`` run one :class:`~ratelimit._plan.Plan` atomically
+    (all of its counters or none move) and return the raw counts; the limiter turns
+    them into a Decision. They raise :class:`BackendError` on any failure.
+    """
+
+    name: str
+
+    def evaluate(self, plan: Plan) -> RawResult: ...
+
+    async def aevaluate(self, plan: Plan) -> RawResult: ...
+
+    def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int: ...
+
+    async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int: ...
+
+    def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...

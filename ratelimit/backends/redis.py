@@ -1,0 +1,303 @@
+"""The Redis backend: standalone, TLS, Cluster and Sentinel; sync and asyncio.
+
+One script call decides a request, with Redis TIME as the only clock. On the asyncio
+path, concurrent requests are coalesced into shared script calls (see ``_batcher``).
+EVALSHA is used throughout; when the server does not know the script (restart,
+failover, SCRIPT FLUSH) the call is repeated once as EVAL, which also caches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .._plan import Plan
+from .._scripts import lua_script
+from ._batcher import Batcher, BackendTimeout
+from ._codec import decode, encode, refund_args
+from ._redis_urls import RedisTarget, make_clients, parse_redis_url
+from .base import BackendError, RawResult
+
+try:
+    from redis.exceptions import NoScriptError, RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "the Redis backend needs redis-py: pip install 'ambient-ratelimit[redis]'"
+    ) from exc
+
+__all__ = ["RedisBackend"]
+
+_WINDOW = lua_script("sliding_window")
+_REFUND = lua_script("refund")
+
+
+def _error(exc: BaseException) -> BackendError:
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, (RedisTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return BackendTimeout(f"Redis timed out: {exc}")
+    return BackendError(f"Redis failed: {type(exc).__name__}: {exc}")
+
+
+class RedisBackend:
+    """Counters in Redis, decided by ``lua/sliding_window.lua``.
+
+    Args:
+        url: a Redis URL (see :mod:`ratelimit.backends._redis_urls` for the forms:
+            ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
+            ``redis+sentinel://``). Or pass ready clients instead.
+        client: a sync ``redis.Redis``/``RedisCluster`` to use instead of ``url``.
+        async_client: an asyncio client to use instead of ``url``.
+        timeout: the budget in seconds for one decision (socket connect and read).
+        coalesce: batch the checks of concurrent asyncio requests into shared calls.
+        max_batch / max_inflight: batch size and the calls in flight at once.
+
+    Clients made from a URL are created lazily (the asyncio one per event loop) and
+    closed by :meth:`close`/:meth:`aclose`; clients passed in are left to their owner.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        async_client: Any = None,
+        timeout: float = 0.05,
+        coalesce: bool = True,
+        max_batch: int = 128,
+        max_inflight: int = 2,
+    ) -> None:
+        if url is None and client is None and async_client is None:
+            raise ValueError("RedisBackend needs a URL or a client")
+        if not (isinstance(timeout, (int, float)) and 0 < timeout <= 60):
+            raise ValueError(f"timeout must be a number of seconds in (0, 60], got {timeout!r}")
+        self.target: RedisTarget | None = parse_redis_url(url) if url is not None else None
+        self.timeout = float(timeout)
+        self._client = client
+        self._owns_client = client is None
+        self._given_async = async_client
+        self._coalesce = coalesce
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._aclient: Any = None
+        self._batcher: Batcher | None = None
+        self.cluster = self.target.kind == "cluster" if self.target else _is_cluster(client or async_client)
+
+    def __repr__(self) -> str:
+        where = self.target.redacted() if self.target else "given client"
+        return f"RedisBackend({where!r}, timeout={self.timeout})"
+
+    # -- clients -----------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The sync redis-py client (created on first use)."""
+        if self._client is None:
+            if self.target is None:
+                raise BackendError("no sync Redis client: pass client= or a URL")
+            self._client = make_clients(self.target, self.timeout, aio=False)
+        return self._client
+
+    def _async_state(self) -> tuple[Any, Batcher | None]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A new event loop (or the first): its own connections and batcher.
+            self._loop = loop
+            if self._given_async is not None:
+                self._aclient = self._given_async
+            elif self.target is not None:
+                # Socket reads may take longer than the budget; the batch timer still
+                # answers every request within it, and a slow reply is not torn down.
+                self._aclient = make_clients(self.target, max(self.timeout, 0.25), aio=True)
+            else:
+                raise BackendError("no asyncio Redis client: pass async_client= or a URL")
+            use_batcher = self._coalesce and not self.cluster
+            self._batcher = (
+                Batcher(self._asend, loop, self.timeout, self._max_batch, self._max_inflight)
+                if use_batcher
+                else None
+            )
+        return self._aclient, self._batcher
+
+    # -- sync --------------------------------------------------------------------
+
+    def _call(self, client: Any, keys: list[str], argv: list[Any], script: Any = _WINDOW) -> Any:
+        try:
+            try:
+                return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
+            except NoScriptError:
+                return client.execute_command("EVAL", script.source, len(keys), *keys, *argv)
+        except (RedisError, OSError) as exc:
+            raise _error(exc) from exc
+
+    def evaluate(self, plan: Plan) -> RawResult:
+        """Decide ``plan`` with one script call (per hash slot on a cluster)."""
+        if self.cluster:
+            groups = _slot_groups(plan)
+            if len(groups) > 1:
+                return self._evaluate_cross_slot(plan, groups)
+        keys, argv = encode((plan,))
+        return decode(self._call(self.client, keys, argv), (plan,))[0]
+
+    def _evaluate_cross_slot(self, plan: Plan, groups: list[list[int]]) -> RawResult:
+        parts = [_subplan(plan, g) for g in groups]
+        results = [decode(self._call(self.client, *encode((p,))), (p,))[0] for p in parts]
+        merged, refunds = _merge(plan, groups, parts, results)
+        for sub, (keys, argv) in refunds:
+            self._call(self.client, keys, argv, _REFUND)
+        return merged
+
+    def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
+        """Delete counters by key and by literal key prefix (via SCAN)."""
+        try:
+            return _delete_sync(self.client, keys, prefixes)
+        except (RedisError, OSError) as exc:
+            raise _error(exc) from exc
+
+    def close(self) -> None:
+        """Close the sync client if this backend made it."""
+        if self._client is not None and self._owns_client:
+            self._client.close()
+            self._client = None
+
+    # -- asyncio -----------------------------------------------------------------
+
+    async def _acall(self, client: Any, keys: list[str], argv: list[Any], script: Any = _WINDOW) -> Any:
+        try:
+            try:
+                return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
+            except NoScriptError:
+                return await client.execute_command("EVAL", script.source, len(keys), *keys, *argv)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise _error(exc) from exc
+
+    async def _asend(self, plans: Sequence[Plan]) -> list[RawResult]:
+        keys, argv = encode(plans)
+        return decode(await self._acall(self._aclient, keys, argv), plans)
+
+    async def aevaluate(self, plan: Plan) -> RawResult:
+        """Decide ``plan``; concurrent calls share script calls when coalescing."""
+        client, batcher = self._async_state()
+        if batcher is not None:
+            return await batcher.submit(plan)
+        try:
+            return await _bounded(self._aevaluate_direct(client, plan), self.timeout)  # type: ignore[no-any-return]
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise BackendTimeout("Redis did not answer within the timeout budget") from exc
+
+    async def _aevaluate_direct(self, client: Any, plan: Plan) -> RawResult:
+        if self.cluster:
+            groups = _slot_groups(plan)
+            if len(groups) > 1:
+                return await self._aevaluate_cross_slot(client, plan, groups)
+        keys, argv = encode((plan,))
+        return decode(await self._acall(client, keys, argv), (plan,))[0]
+
+    async def _aevaluate_cross_slot(self, client: Any, plan: Plan, groups: list[list[int]]) -> RawResult:
+        parts = [_subplan(plan, g) for g in groups]
+        replies = await asyncio.gather(*(self._acall(client, *encode((p,))) for p in parts))
+        results = [decode(r, (p,))[0] for r, p in zip(replies, parts)]
+        merged, refunds = _merge(plan, groups, parts, results)
+        await asyncio.gather(*(self._acall(client, k, a, _REFUND) for _, (k, a) in refunds))
+        return merged
+
+    async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
+        """Delete counters by key and by literal key prefix (via SCAN)."""
+        client, _ = self._async_state()
+        try:
+            return await _delete_async(client, keys, prefixes)
+        except (RedisError, OSError) as exc:
+            raise _error(exc) from exc
+
+    async def aclose(self) -> None:
+        """Drain the batcher and close the clients this backend made."""
+        if self._batcher is not None:
+            await self._batcher.aclose()
+            self._batcher = None
+        if self._aclient is not None and self._given_async is None:
+            await self._aclient.aclose()
+        self._aclient = None
+        self._loop = None
+        self.close()
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _is_cluster(client: Any) -> bool:
+    return type(client).__name__ == "RedisCluster"
+
+
+async def _bounded(coro: Any, seconds: float) -> Any:
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await coro
+    return await asyncio.wait_for(coro, seconds)  # pragma: no cover - Python 3.10
+
+
+def _slot_groups(plan: Plan) -> list[list[int]]:
+    from redis.crc import key_slot
+
+    groups: dict[int, list[int]] = {}
+    for i, key in enumerate(plan.keys):
+        groups.setdefault(key_slot(key.encode()), []).append(i)
+    return list(groups.values())
+
+
+def _subplan(plan: Plan, indexes: list[int]) -> Plan:
+    args: list[int] = []
+    for i in indexes:
+        args += plan.args[3 * i : 3 * i + 3]
+    return Plan(plan.commit, tuple(plan.keys[i] for i in indexes), tuple(args), ())
+
+
+def _merge(
+    plan: Plan, groups: list[list[int]], parts: list[Plan], results: list[RawResult]
+) -> tuple[RawResult, list[tuple[Plan, tuple[list[str], list[Any]]]]]:
+    """Join per-slot answers; when any slot denied, refund the slots that charged."""
+    allowed = all(r[0] for r in results)
+    n = len(plan.keys)
+    nows = [0] * n
+    counts = [0] * (2 * n)
+    refunds = []
+    for indexes, part, (ok, part_nows, part_counts) in zip(groups, parts, results):
+        charged = ok and plan.commit and not allowed
+        if charged:
+            local = [j for j in range(len(indexes)) if part.args[3 * j + 2] > 0]
+            if local:
+                refunds.append((part, refund_args(part, local, part_nows[0])))
+        for j, i in enumerate(indexes):
+            nows[i] = part_nows[j]
+            p, c = part_counts[2 * j], part_counts[2 * j + 1]
+            counts[2 * i] = p
+            counts[2 * i + 1] = c - part.args[3 * j + 2] if charged else c
+    return (allowed, nows, counts), refunds
+
+
+def _delete_sync(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> int:
+    from .._keyspace import glob_escape
+
+    found = set(keys)
+    for prefix in prefixes:
+        found.update(k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(match=glob_escape(prefix) + "*"))
+    # One DEL per key: on a cluster the keys of several identities live in several slots.
+    return sum(int(client.delete(k)) for k in found)
+
+
+async def _delete_async(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> int:
+    from .._keyspace import glob_escape
+
+    found = set(keys)
+    for prefix in prefixes:
+        async for k in client.scan_iter(match=glob_escape(prefix) + "*"):
+            found.add(k.decode() if isinstance(k, bytes) else k)
+    total = 0
+    for k in found:
+        total += int(await client.delete(k))
+    return total

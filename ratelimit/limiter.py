@@ -1,0 +1,263 @@
+"""The Limiter: hit, peek and reset counters on a backend, sync and async."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from types import TracebackType
+from typing import Any
+
+from ._decision import Decision
+from ._denycache import DenyCache
+from ._failure import FAILURE_MODES, CircuitBreaker, FailureMode
+from ._keyspace import Identity, KeySpace
+from ._plan import HitItem, Plan, check_cost, decide, fallback_decision, make_plan
+from ._rate import RateLike, parse_rates
+from .backends.base import Backend, BackendError
+from .backends.memory import DEFAULT_MAX_KEYS, MemoryBackend
+
+__all__ = ["Limiter"]
+
+_PLAN_CACHE_SIZE = 8192
+
+
+class Limiter:
+    """Sliding-window-counter rate limiting on a memory or Redis backend.
+
+    Args:
+        storage: ``"memory://"`` (default: per process), a Redis URL (``redis://``,
+            ``rediss://``, ``unix://``, ``redis+cluster://``, ``redis+sentinel://``)
+            or a :class:`~ratelimit.backends.base.Backend` instance.
+        prefix: the first part of every counter key (default ``"rl"``).
+        hash_tag: on Redis Cluster, put every counter in this one hash slot so that
+            every request is atomic even across identities (default: one slot per
+            identity; see docs/concepts.md).
+        failure_mode: when the backend fails or exceeds ``timeout``: ``"open"``
+            (allow, the default), ``"closed"`` (deny, ``Retry-After: closed_retry_after``)
+            or ``"local"`` (decide on an in-process memory backend meanwhile).
+            Decisions made this way have ``fallback=True``.
+        timeout: the backend's budget per decision, in seconds (default 0.05).
+        closed_retry_after: the retry-after of decisions denied by ``"closed"``.
+        deny_cache: answer requests already denied locally until their retry-after
+            (default: on for Redis, off for memory, where it gains nothing).
+        clock: a ``time.time``-like function for the memory backend (tests).
+        max_keys: the memory backend's cap on counters.
+        coalesce: batch concurrent asyncio checks into shared Redis calls.
+
+    Example::
+
+        limiter = Limiter("redis://localhost:6379/0")
+        d = limiter.hit("alice", "100/minute")
+        if not d.allowed:
+            print(f"retry in {d.retry_after:.1f}s")
+    """
+
+    def __init__(
+        self,
+        storage: str | Backend = "memory://",
+        *,
+        prefix: str = "rl",
+        hash_tag: str | None = None,
+        failure_mode: FailureMode = "open",
+        timeout: float = 0.05,
+        closed_retry_after: float = 1.0,
+        deny_cache: bool | None = None,
+        clock: Callable[[], float] | None = None,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        coalesce: bool = True,
+    ) -> None:
+        if failure_mode not in FAILURE_MODES:
+            raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, got {failure_mode!r}")
+        self.keyspace = KeySpace(prefix, hash_tag)
+        self.backend: Backend = _make_backend(storage, timeout, clock, max_keys, coalesce)
+        self.failure_mode = failure_mode
+        self.closed_retry_after = float(closed_retry_after)
+        self._local = MemoryBackend(max_keys) if failure_mode == "local" else None
+        self._breaker = CircuitBreaker()
+        remote = not isinstance(self.backend, MemoryBackend)
+        self.deny_cache: DenyCache | None = DenyCache() if (remote if deny_cache is None else deny_cache) else None
+        self._plans: dict[tuple[Any, ...], Plan] = {}
+
+    def __repr__(self) -> str:
+        return f"Limiter({self.backend!r}, failure_mode={self.failure_mode!r})"
+
+    # -- planning (no I/O) ---------------------------------------------------------
+
+    def _plan_one(self, identity: Identity, rate: RateLike, cost: int, commit: bool) -> Plan:
+        if cost.__class__ is not int:
+            check_cost(cost)
+        key = (identity, rate, cost, commit)
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable rate (a list): plan without caching
+            return make_plan(self.keyspace, ((identity, rate, cost),), commit)
+        plan = make_plan(self.keyspace, ((identity, rate, cost),), commit)
+        if len(self._plans) >= _PLAN_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _plan_many(self, items: Iterable[HitItem], cost: int, commit: bool) -> Plan:
+        check_cost(cost)
+        norm: list[tuple[Identity, RateLike, int]] = []
+        for item in items:
+            if not isinstance(item, tuple) or len(item) not in (2, 3):
+                raise TypeError(f"hit_many takes (identity, rate) or (identity, rate, cost) tuples, got {item!r}")
+            norm.append((item[0], item[1], item[2] if len(item) == 3 else cost))  # type: ignore[misc]
+        return make_plan(self.keyspace, norm, commit)
+
+    def _cached_denial(self, plan: Plan) -> Decision | None:
+        return self.deny_cache.get(plan) if self.deny_cache is not None else None
+
+    def _finish(self, plan: Plan, raw: tuple[bool, Any, Any]) -> Decision:
+        self._breaker.success()
+        decision = decide(plan, *raw)
+        if self.deny_cache is not None and not decision.allowed:
+            self.deny_cache.put(plan, decision)
+        return decision
+
+    def _fallback(self, plan: Plan, error: BaseException | None) -> Decision:
+        if error is not None:
+            self._breaker.failure(error)
+        if self._local is not None:
+            return replace(decide(plan, *self._local.evaluate(plan)), fallback=True)
+        if self.failure_mode == "closed":
+            return fallback_decision(plan, False, self.closed_retry_after)
+        return fallback_decision(plan, True, 0.0)
+
+    def _reset_targets(self, identity: Identity, rate: RateLike | None) -> tuple[list[str], tuple[str, ...]]:
+        if rate is None:
+            return [], (self.keyspace.identity_prefix(identity),)
+        return [self.keyspace.counter_key(identity, r.window_us) for r in parse_rates(rate)], ()
+
+    # -- sync ----------------------------------------------------------------------
+
+    def _run(self, plan: Plan) -> Decision:
+        cached = self._cached_denial(plan)
+        if cached is not None:
+            return cached
+        if not self._breaker.allow():
+            return self._fallback(plan, None)
+        try:
+            raw = self.backend.evaluate(plan)
+        except BackendError as exc:
+            return self._fallback(plan, exc)
+        return self._finish(plan, raw)
+
+    def hit(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
+        """Count a hit of ``cost`` against ``identity``'s ``rate`` if it fits.
+
+        ``rate`` is a :class:`Rate`, a string like ``"100/minute"``, or several
+        (``"10/second;1000/hour"``), all decided together. Denied hits consume nothing.
+        """
+        return self._run(self._plan_one(identity, rate, cost, True))
+
+    def hit_many(self, items: Iterable[HitItem], cost: int = 1) -> Decision:
+        """Decide several limits together, all or nothing, in one round trip.
+
+        ``items`` are ``(identity, rate)`` or ``(identity, rate, cost)``::
+
+            limiter.hit_many([("alice", "10/second"), ("alice", "1000/hour"), ("global", "5000/minute")])
+        """
+        return self._run(self._plan_many(items, cost, True))
+
+    def peek(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
+        """Would a hit of ``cost`` be allowed now? Reads without consuming."""
+        return self._run(self._plan_one(identity, rate, cost, False))
+
+    def peek_many(self, items: Iterable[HitItem], cost: int = 1) -> Decision:
+        """:meth:`hit_many` without consuming."""
+        return self._run(self._plan_many(items, cost, False))
+
+    def reset(self, identity: Identity, rate: RateLike | None = None) -> int:
+        """Clear ``identity``'s counter for ``rate`` (all its counters when None).
+
+        Returns how many counters were removed; raises BackendError if the backend fails.
+        """
+        keys, prefixes = self._reset_targets(identity, rate)
+        if self.deny_cache is not None:
+            self.deny_cache.forget(set(keys), prefixes)
+        return self.backend.delete(keys, prefixes)
+
+    def close(self) -> None:
+        """Release the backend's sync connections."""
+        self.backend.close()
+
+    def __enter__(self) -> Limiter:
+        return self
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- async: the same steps, awaiting the backend -----------------------------------
+
+    async def _arun(self, plan: Plan) -> Decision:
+        cached = self._cached_denial(plan)
+        if cached is not None:
+            return cached
+        if not self._breaker.allow():
+            return self._fallback(plan, None)
+        try:
+            raw = await self.backend.aevaluate(plan)
+        except BackendError as exc:
+            return self._fallback(plan, exc)
+        return self._finish(plan, raw)
+
+    async def ahit(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
+        """Async :meth:`hit`."""
+        return await self._arun(self._plan_one(identity, rate, cost, True))
+
+    async def ahit_many(self, items: Iterable[HitItem], cost: int = 1) -> Decision:
+        """Async :meth:`hit_many`."""
+        return await self._arun(self._plan_many(items, cost, True))
+
+    async def apeek(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
+        """Async :meth:`peek`."""
+        return await self._arun(self._plan_one(identity, rate, cost, False))
+
+    async def apeek_many(self, items: Iterable[HitItem], cost: int = 1) -> Decision:
+        """Async :meth:`peek_many`."""
+        return await self._arun(self._plan_many(items, cost, False))
+
+    async def areset(self, identity: Identity, rate: RateLike | None = None) -> int:
+        """Async :meth:`reset`."""
+        keys, prefixes = self._reset_targets(identity, rate)
+        if self.deny_cache is not None:
+            self.deny_cache.forget(set(keys), prefixes)
+        return await self.backend.adelete(keys, prefixes)
+
+    async def aclose(self) -> None:
+        """Release the backend's connections (async and sync)."""
+        await self.backend.aclose()
+
+    async def __aenter__(self) -> Limiter:
+        return self
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def _make_backend(
+    storage: str | Backend, timeout: float, clock: Callable[[], float] | None, max_keys: int, coalesce: bool
+) -> Backend:
+    if not isinstance(storage, str):
+        if not isinstance(storage, Backend):
+            raise TypeError(f"storage must be a URL or a Backend, got {type(storage).__name__}")
+        return storage
+    scheme = storage.split("://", 1)[0].lower() if "://" in storage else ""
+    if scheme == "memory":
+        return MemoryBackend(max_keys=max_keys, clock=clock)
+    if clock is not None:
+        raise ValueError("clock= applies to the memory backend only: Redis TIME is the clock of Redis backends")
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"):
+        from .backends.redis import RedisBackend
+
+        return RedisBackend(storage, timeout=timeout, coalesce=coalesce)
+    raise ValueError(
+        f"unknown storage {storage!r}: use 'memory://' or a Redis URL "
+        "(redis://, rediss://, unix://, redis+cluster://, redis+sentinel://)"
+    )
