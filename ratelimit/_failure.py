@@ -24,7 +24,7 @@ class CircuitBreaker:
     backend while the others keep falling back; a success closes the breaker.
     """
 
-    __slots__ = ("_base", "_cap", "_clock", "_failures", "_open_until")
+    __slots__ = ("_base", "_cap", "_clock", "_failures", "_open_until", "_probing")
 
     def __init__(
         self, base: float = 0.25, cap: float = 5.0, clock: Callable[[], float] | None = None
@@ -34,6 +34,7 @@ class CircuitBreaker:
         self._clock = clock or time.monotonic
         self._failures = 0
         self._open_until = 0.0
+        self._probing = False
 
     @property
     def is_open(self) -> bool:
@@ -49,6 +50,7 @@ class CircuitBreaker:
             return False
         # This caller probes; everyone else falls back until it reports.
         self._open_until = now + self._pause()
+        self._probing = True
         return True
 
     def success(self) -> None:
@@ -57,13 +59,21 @@ class CircuitBreaker:
             log.warning("rate limit backend recovered after %d failed attempt(s)", self._failures)
         self._failures = 0
         self._open_until = 0.0
+        self._probing = False
 
     def failure(self, error: BaseException) -> None:
-        """The backend failed: open (or keep open) the breaker, longer each time."""
-        self._failures += 1
-        if self._failures == 1:
-            log.warning("rate limit backend failed, applying the failure policy: %s", error)
-        self._open_until = self._clock() + self._pause()
+        """The backend failed: open the breaker, longer after each failed probe.
+
+        Requests that were already in flight when the breaker opened fail too; they
+        keep it open but do not lengthen the pause (only the first failure and failed
+        probes do), so a burst of concurrent failures does not delay recovery.
+        """
+        if self._failures == 0 or self._probing:
+            self._failures += 1
+            self._probing = False
+            if self._failures == 1:
+                log.warning("rate limit backend failed, applying the failure policy: %s", error)
+        self._open_until = max(self._open_until, self._clock() + self._pause())
 
     def _pause(self) -> float:
         return float(min(self._cap, self._base * 2 ** min(self._failures - 1, 16)))

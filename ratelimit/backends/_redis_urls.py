@@ -119,8 +119,11 @@ def _tls_kwargs(target: RedisTarget) -> dict[str, Any]:
     return out
 
 
-def make_clients(target: RedisTarget, timeout: float, aio: bool) -> Any:
+def make_clients(target: RedisTarget, timeout: float, aio: bool) -> tuple[Any, list[Any]]:
     """Build a sync (``aio=False``) or asyncio client for ``target``.
+
+    Returns the client and the objects to close with it (the client itself, and for
+    Sentinel the Sentinel connection manager, which the master client does not close).
 
     Every socket wait is bounded by ``timeout`` and redis-py's own retries are off: the
     limiter's failure policy decides what happens when Redis is slow or gone, and a
@@ -140,7 +143,8 @@ def make_clients(target: RedisTarget, timeout: float, aio: bool) -> Any:
         "retry": Retry(NoBackoff(), 0),
     }
     if target.kind == "standalone":
-        return r.Redis.from_url(target.url, **common)
+        client = r.Redis.from_url(target.url, **common)
+        return client, [client]
     auth = {"username": target.username, "password": target.password}
     if target.kind == "cluster":
         if aio:
@@ -148,7 +152,8 @@ def make_clients(target: RedisTarget, timeout: float, aio: bool) -> Any:
         else:
             from redis.cluster import ClusterNode, RedisCluster  # type: ignore[assignment]
         nodes = [ClusterNode(h, p) for h, p in target.hosts]
-        return RedisCluster(startup_nodes=nodes, **auth, **_tls_kwargs(target), **common)
+        client = RedisCluster(startup_nodes=nodes, **auth, **_tls_kwargs(target), **common)
+        return client, [client]
     if aio:
         from redis.asyncio.sentinel import Sentinel
     else:
@@ -160,4 +165,5 @@ def make_clients(target: RedisTarget, timeout: float, aio: bool) -> Any:
         sentinel_kwargs["username"] = target.options["sentinel_username"]
     sentinel_kwargs.update(_tls_kwargs(target))
     sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(target.service, db=target.db, **auth, **_tls_kwargs(target), **common)
+    client = sentinel.master_for(target.service, db=target.db, **auth, **_tls_kwargs(target), **common)
+    return client, [client, sentinel]

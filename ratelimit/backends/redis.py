@@ -21,7 +21,7 @@ from ._redis_urls import RedisTarget, make_clients, parse_redis_url
 from .base import BackendError, RawResult
 
 try:
-    from redis.exceptions import NoScriptError, RedisError
+    from redis.exceptions import NoScriptError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -79,7 +79,8 @@ class RedisBackend:
         self.target: RedisTarget | None = parse_redis_url(url) if url is not None else None
         self.timeout = float(timeout)
         self._client = client
-        self._owns_client = client is None
+        self._closers: list[Any] = []  # what this backend made (sync)
+        self._aclosers: list[Any] = []  # what this backend made (asyncio)
         self._given_async = async_client
         self._coalesce = coalesce
         self._max_batch = max_batch
@@ -87,6 +88,7 @@ class RedisBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._aclient: Any = None
         self._batcher: Batcher | None = None
+        self._slot_batchers: dict[int, Batcher] = {}
         self.cluster = self.target.kind == "cluster" if self.target else _is_cluster(client or async_client)
 
     def __repr__(self) -> str:
@@ -101,8 +103,27 @@ class RedisBackend:
         if self._client is None:
             if self.target is None:
                 raise BackendError("no sync Redis client: pass client= or a URL")
-            self._client = make_clients(self.target, self.timeout, aio=False)
+            self._client, self._closers = make_clients(self.target, self.timeout, aio=False)
         return self._client
+
+    def _batcher_for(self, plan: Plan) -> Batcher | None:
+        """The batcher that may carry ``plan``: one per loop, or per hash slot on a cluster."""
+        client, batcher = self._async_state()
+        if not self._coalesce:
+            return None
+        if not self.cluster:
+            return batcher
+        groups = _slot_groups(plan)
+        if len(groups) > 1:
+            return None  # cross-slot: decided per slot, see _aevaluate_cross_slot
+        slot = _slot(plan.keys[0])
+        found = self._slot_batchers.get(slot)
+        if found is None:
+            assert self._loop is not None
+            found = self._slot_batchers[slot] = Batcher(
+                self._asend, self._loop, self.timeout, self._max_batch, self._max_inflight
+            )
+        return found
 
     def _async_state(self) -> tuple[Any, Batcher | None]:
         loop = asyncio.get_running_loop()
@@ -114,9 +135,10 @@ class RedisBackend:
             elif self.target is not None:
                 # Socket reads may take longer than the budget; the batch timer still
                 # answers every request within it, and a slow reply is not torn down.
-                self._aclient = make_clients(self.target, max(self.timeout, 0.25), aio=True)
+                self._aclient, self._aclosers = make_clients(self.target, max(self.timeout, 0.25), aio=True)
             else:
                 raise BackendError("no asyncio Redis client: pass async_client= or a URL")
+            self._slot_batchers = {}
             use_batcher = self._coalesce and not self.cluster
             self._batcher = (
                 Batcher(self._asend, loop, self.timeout, self._max_batch, self._max_inflight)
@@ -133,7 +155,7 @@ class RedisBackend:
                 return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
             except NoScriptError:
                 return client.execute_command("EVAL", script.source, len(keys), *keys, *argv)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a client-library bug must not crash a request
             raise _error(exc) from exc
 
     def evaluate(self, plan: Plan) -> RawResult:
@@ -157,14 +179,16 @@ class RedisBackend:
         """Delete counters by key and by literal key prefix (via SCAN)."""
         try:
             return _delete_sync(self.client, keys, prefixes)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - reported as a BackendError
             raise _error(exc) from exc
 
     def close(self) -> None:
-        """Close the sync client if this backend made it."""
-        if self._client is not None and self._owns_client:
-            self._client.close()
+        """Close the sync clients this backend made (clients passed in stay open)."""
+        for obj in self._closers:
+            _close_quietly(obj)
+        if self._closers:
             self._client = None
+        self._closers = []
 
     # -- asyncio -----------------------------------------------------------------
 
@@ -174,7 +198,7 @@ class RedisBackend:
                 return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
             except NoScriptError:
                 return await client.execute_command("EVAL", script.source, len(keys), *keys, *argv)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a client-library bug must not crash a request
             raise _error(exc) from exc
 
     async def _asend(self, plans: Sequence[Plan]) -> list[RawResult]:
@@ -183,9 +207,10 @@ class RedisBackend:
 
     async def aevaluate(self, plan: Plan) -> RawResult:
         """Decide ``plan``; concurrent calls share script calls when coalescing."""
-        client, batcher = self._async_state()
+        batcher = self._batcher_for(plan)
         if batcher is not None:
             return await batcher.submit(plan)
+        client = self._aclient
         try:
             return await _bounded(self._aevaluate_direct(client, plan), self.timeout)  # type: ignore[no-any-return]
         except (asyncio.TimeoutError, TimeoutError) as exc:
@@ -212,22 +237,35 @@ class RedisBackend:
         client, _ = self._async_state()
         try:
             return await _delete_async(client, keys, prefixes)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - reported as a BackendError
             raise _error(exc) from exc
 
     async def aclose(self) -> None:
         """Drain the batcher and close the clients this backend made."""
-        if self._batcher is not None:
-            await self._batcher.aclose()
-            self._batcher = None
-        if self._aclient is not None and self._given_async is None:
-            await self._aclient.aclose()
+        for batcher in [self._batcher, *self._slot_batchers.values()]:
+            if batcher is not None:
+                await batcher.aclose()
+        self._batcher = None
+        self._slot_batchers = {}
+        for obj in self._aclosers:
+            try:
+                await obj.aclose()
+            except Exception:  # noqa: BLE001, S110 - closing a broken connection may fail
+                pass
+        self._aclosers = []
         self._aclient = None
         self._loop = None
         self.close()
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+def _close_quietly(obj: Any) -> None:
+    try:
+        obj.close()
+    except Exception:  # noqa: BLE001, S110 - closing a broken connection may fail
+        pass
 
 
 def _is_cluster(client: Any) -> bool:
@@ -241,12 +279,16 @@ async def _bounded(coro: Any, seconds: float) -> Any:
     return await asyncio.wait_for(coro, seconds)  # pragma: no cover - Python 3.10
 
 
-def _slot_groups(plan: Plan) -> list[list[int]]:
+def _slot(key: str) -> int:
     from redis.crc import key_slot
 
+    return int(key_slot(key.encode()))
+
+
+def _slot_groups(plan: Plan) -> list[list[int]]:
     groups: dict[int, list[int]] = {}
     for i, key in enumerate(plan.keys):
-        groups.setdefault(key_slot(key.encode()), []).append(i)
+        groups.setdefault(_slot(key), []).append(i)
     return list(groups.values())
 
 

@@ -1,0 +1,159 @@
+"""Shared pytest fixtures.
+
+Sections (append new ones at the end, each under its own banner):
+
+1. Real Redis servers -- started by the suite itself from ``tests/redis_servers.py`` on
+   free loopback ports; never the machine's own Redis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis_servers import (
+    RedisACLServer,
+    RedisCluster,
+    RedisSentinel,
+    RedisServer,
+    RedisTLSServer,
+    find_redis_server,
+)
+
+# ======================================================================================
+# 1. Real Redis servers
+# ======================================================================================
+#
+# Availability rule (``require_redis_server``): without ``redis-server``/``redis-cli`` on
+# PATH the tests that need them are skipped locally, but fail when CI=true, so CI can
+# never go green by skipping them.
+#
+# Markers: tests that use one of the fixtures below (directly or through another
+# fixture) are marked automatically according to ``REDIS_FIXTURE_MARKERS``, so
+# ``pytest -m "not redis"`` runs everything that needs no Redis binary.
+
+REDIS_MISSING_CI = "redis-server not found; CI must install it (apt-get install -y redis-server)"
+REDIS_MISSING_LOCAL = (
+    "redis-server not found on PATH; install it to run this test "
+    "(Debian/Ubuntu: apt-get install -y redis-server; macOS: brew install redis), "
+    'or deselect these tests with -m "not redis"'
+)
+
+REDIS_FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
+    "redis_server": ("redis",),
+    "redis_url": ("redis",),
+    "fresh_redis": ("redis",),
+    "redis_tls": ("redis",),
+    "redis_acl": ("redis",),
+    "redis_cluster": ("redis", "cluster"),
+    "redis_sentinel": ("redis", "sentinel"),
+}
+"""Fixture name -> markers added to every test that (transitively) requests it."""
+
+
+def _running_in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def require_redis_server() -> str:
+    """Return the ``redis-server`` path; otherwise fail (CI=true) or skip the test."""
+    path = find_redis_server()
+    if path is not None:
+        return path
+    if _running_in_ci():
+        pytest.fail(REDIS_MISSING_CI, pytrace=False)
+    pytest.skip(REDIS_MISSING_LOCAL)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by the Redis fixtures they use (before ``-m`` deselection runs)."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            for marker in REDIS_FIXTURE_MARKERS.get(fixture, ()):
+                if item.get_closest_marker(marker) is None:
+                    item.add_marker(marker)
+
+
+def _tmp_dir(factory: pytest.TempPathFactory, name: str) -> Path:
+    return factory.mktemp(name, numbered=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One standalone server shared by the whole session; isolate by key prefix."""
+    require_redis_server()
+    server = RedisServer(_tmp_dir(tmp_path_factory, "redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """``redis://127.0.0.1:PORT/0`` of the shared standalone server."""
+    return redis_server.url
+
+
+@pytest.fixture
+def fresh_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A dedicated standalone server the test may kill, pause or restart."""
+    require_redis_server()
+    server = RedisServer(_tmp_dir(tmp_path_factory, "fresh-redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTLSServer]:
+    """A TLS-only standalone server; ``.url`` is a verifying ``rediss://`` URL."""
+    require_redis_server()
+    server = RedisTLSServer(_tmp_dir(tmp_path_factory, "redis-tls"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_acl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisACLServer]:
+    """A server with ``requirepass`` and an ACL user; ``.url`` logs in as that user."""
+    require_redis_server()
+    server = RedisACLServer(_tmp_dir(tmp_path_factory, "redis-acl"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster shared by the session; isolate by key prefix."""
+    require_redis_server()
+    cluster = RedisCluster(_tmp_dir(tmp_path_factory, "redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    """A fresh master + replica + sentinel per test (a failover changes the topology)."""
+    require_redis_server()
+    topology = RedisSentinel(_tmp_dir(tmp_path_factory, "redis-sentinel"))
+    topology.start()
+    try:
+        yield topology
+    finally:
+        topology.stop()

@@ -1,0 +1,59 @@
+"""Run lua/sliding_window.lua with a clock the test controls.
+
+Production calls always read Redis TIME; the script accepts an explicit time only so
+tests can put the Lua and the Python reference on the same clock. This backend is the
+test-only way to do that, on any redis-py client (real Redis or fakeredis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ratelimit._keyspace import glob_escape
+from ratelimit._plan import Plan
+from ratelimit._scripts import lua_script
+from ratelimit.backends._codec import decode, encode
+from ratelimit.backends.base import RawResult
+
+SCRIPT = lua_script("sliding_window")
+
+
+def run_lua(client: Any, plans: Sequence[Plan], now_us: int) -> list[RawResult]:
+    """Decide ``plans`` in one script call at ``now_us``."""
+    keys, argv = encode(plans, now_us)
+    return decode(client.eval(SCRIPT.source, len(keys), *keys, *argv), plans)
+
+
+class LuaClockBackend:
+    """A Backend running the real Lua on ``client`` at the time ``clock()`` says."""
+
+    name = "lua-clock"
+
+    def __init__(self, client: Any, clock: Callable[[], float]) -> None:
+        self.client = client
+        self.clock = clock
+
+    def now_us(self) -> int:
+        return int(self.clock() * 1_000_000)
+
+    def evaluate(self, plan: Plan) -> RawResult:
+        return run_lua(self.client, [plan], self.now_us())[0]
+
+    async def aevaluate(self, plan: Plan) -> RawResult:
+        return self.evaluate(plan)
+
+    def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
+        found = set(keys)
+        for prefix in prefixes:
+            found.update(k.decode() for k in self.client.scan_iter(match=glob_escape(prefix) + "*"))
+        return sum(int(self.client.delete(k)) for k in found)
+
+    async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
+        return self.delete(keys, prefixes)
+
+    def close(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
