@@ -35,16 +35,18 @@ end
 local fmt = string.format
 local floor = math.floor
 local out = {now}
+local o = 1   -- last index written in out
 local nreq = tonumber(ARGV[2])
 local a = 3   -- cursor into ARGV
 local k = 1   -- cursor into KEYS
+-- Per-counter scratch, reused by every request (indexes 1..n are always rewritten).
+local idxs, ps, cs, same = {}, {}, {}, {}
 
 for _ = 1, nreq do
   local commit = ARGV[a] == '1'
   local n = tonumber(ARGV[a + 1])
   a = a + 2
   local allowed = 1
-  local idxs, ps, cs = {}, {}, {}
   for i = 1, n do
     local w = tonumber(ARGV[a])
     local limit = tonumber(ARGV[a + 1])
@@ -63,7 +65,7 @@ for _ = 1, nreq do
     if p * ((w - elapsed) / w) + c + cost > limit then
       allowed = 0
     end
-    idxs[i], ps[i], cs[i] = idx, p, c
+    idxs[i], ps[i], cs[i], same[i] = idx, p, c, sw == idx
     a = a + 3
   end
   if allowed == 1 and commit then
@@ -75,17 +77,25 @@ for _ = 1, nreq do
         local key = KEYS[k + i - 1]
         local c = cs[i] + cost
         cs[i] = c
-        redis.call('HSET', key, 'w', fmt('%d', idxs[i]), 'p', fmt('%d', ps[i]), 'c', fmt('%d', c))
-        -- The counts matter until the end of the next window; then the key may vanish.
-        local ttl_ms = floor((2 * w - (now - idxs[i] * w)) / 1000) + 1
-        redis.call('PEXPIRE', key, fmt('%d', ttl_ms))
+        if same[i] then
+          redis.call('HSET', key, 'c', fmt('%d', c))
+        else
+          redis.call('HSET', key, 'w', fmt('%d', idxs[i]), 'p', fmt('%d', ps[i]), 'c', fmt('%d', c))
+          -- The counts matter until the end of the next window, then the key may go.
+          -- That deadline depends only on the window index, so it is set once per
+          -- window, when the index changes.
+          local ttl_ms = floor((2 * w - (now - idxs[i] * w)) / 1000) + 1
+          redis.call('PEXPIRE', key, fmt('%d', ttl_ms))
+        end
       end
     end
   end
-  out[#out + 1] = allowed
+  out[o + 1] = allowed
+  o = o + 1
   for i = 1, n do
-    out[#out + 1] = ps[i]
-    out[#out + 1] = cs[i]
+    out[o + 1] = ps[i]
+    out[o + 2] = cs[i]
+    o = o + 2
   end
   k = k + n
 end

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._rate import Rate
 
@@ -37,30 +39,61 @@ class LimitStatus:
         return self.rate.limit
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
     """The answer to a hit: allowed or not, plus header material, from one round trip.
 
     ``limit``, ``remaining`` and ``reset_after`` describe the tightest limit of the
     request: when denied, the one that keeps it denied longest; when allowed, the one
-    with the fewest hits left. ``limits`` has every limit, in the order requested.
-    ``retry_after`` is 0 when allowed, else the seconds until the same request would
-    be allowed assuming no other traffic. ``fallback`` is true when the backend failed
-    and the limiter's failure policy answered instead.
+    with the fewest hits left. ``limits`` has a :class:`LimitStatus` for every limit,
+    in the order requested. ``retry_after`` is 0 when allowed, else the seconds until
+    the same request would be allowed assuming no other traffic. ``fallback`` is true
+    when the backend failed and the limiter's failure policy answered instead.
 
     A Decision is truthy when allowed::
 
         if not limiter.hit(user, "10/second"):
             ...
+
+    Decisions are values: compare them with ``==``; treat them as read-only.
     """
 
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_after: float
-    retry_after: float
-    limits: tuple[LimitStatus, ...] = ()
-    fallback: bool = False
+    __slots__ = (
+        "_limits",
+        "_make_limits",
+        "allowed",
+        "fallback",
+        "limit",
+        "remaining",
+        "reset_after",
+        "retry_after",
+    )
+
+    def __init__(
+        self,
+        allowed: bool,
+        limit: int,
+        remaining: int,
+        reset_after: float,
+        retry_after: float,
+        limits: tuple[LimitStatus, ...] = (),
+        fallback: bool = False,
+    ) -> None:
+        self.allowed = allowed
+        self.limit = limit
+        self.remaining = remaining
+        self.reset_after = reset_after
+        self.retry_after = retry_after
+        self.fallback = fallback
+        self._limits = limits
+        self._make_limits: Callable[[], tuple[LimitStatus, ...]] | None = None
+
+    @property
+    def limits(self) -> tuple[LimitStatus, ...]:
+        """Every limit of the request, in order (built on first access)."""
+        if self._make_limits is not None:
+            self._limits = self._make_limits()
+            self._make_limits = None
+        return self._limits
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -69,6 +102,44 @@ class Decision:
     def denied(self) -> bool:
         """``not allowed``, for readability at call sites."""
         return not self.allowed
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.allowed,
+            self.limit,
+            self.remaining,
+            self.reset_after,
+            self.retry_after,
+            self.limits,
+            self.fallback,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(allowed={self.allowed!r}, limit={self.limit!r}, remaining={self.remaining!r}, "
+            f"reset_after={self.reset_after!r}, retry_after={self.retry_after!r}, "
+            f"limits={self.limits!r}, fallback={self.fallback!r})"
+        )
+
+    def replace(self, **changes: Any) -> Decision:
+        """A copy with some fields changed (like ``dataclasses.replace``)."""
+        get = changes.get
+        return Decision(
+            get("allowed", self.allowed),
+            get("limit", self.limit),
+            get("remaining", self.remaining),
+            get("reset_after", self.reset_after),
+            get("retry_after", self.retry_after),
+            get("limits", self.limits),
+            get("fallback", self.fallback),
+        )
 
     @classmethod
     def from_limits(cls, allowed: bool, limits: tuple[LimitStatus, ...], fallback: bool = False) -> Decision:

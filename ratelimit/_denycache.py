@@ -49,15 +49,22 @@ class DenyCache:
             return None
         self.hits += 1
         age = now - stored_at
-        return replace(
-            decision,
-            retry_after=max(0.0, decision.retry_after - age),
-            reset_after=max(0.0, decision.reset_after - age),
-            limits=tuple(
-                replace(s, retry_after=max(0.0, s.retry_after - age), reset_after=max(0.0, s.reset_after - age))
-                for s in decision.limits
-            ),
+        fresh = Decision(
+            False,
+            decision.limit,
+            decision.remaining,
+            max(0.0, decision.reset_after - age),
+            max(0.0, decision.retry_after - age),
         )
+        fresh._make_limits = lambda: tuple(
+            replace(
+                s,
+                retry_after=max(0.0, s.retry_after - age),
+                reset_after=max(0.0, s.reset_after - age),
+            )
+            for s in decision.limits
+        )
+        return fresh
 
     def put(self, plan: Plan, decision: Decision) -> None:
         """Remember a denial (from the backend, not a fallback) until its retry-after."""
@@ -77,7 +84,5 @@ class DenyCache:
         if not keys and not prefixes:
             self._entries.clear()
             return
-        for k in [
-            k for k in self._entries if any(c in (keys or ()) or c.startswith(prefixes) for c in k[0])
-        ]:
+        for k in [k for k in self._entries if any(c in (keys or ()) or c.startswith(prefixes) for c in k[0])]:
             del self._entries[k]

@@ -79,6 +79,27 @@ def decide(plan: Plan, allowed: bool, nows: Sequence[int], counts: Sequence[int]
     per counter; they differ only across Redis Cluster nodes); ``counts`` is the flat
     ``[p, c, ...]`` the script returned, after the request.
     """
+    if len(plan.entries) > 1:
+        return Decision.from_limits(allowed, _statuses(plan, allowed, nows, counts))
+    # One limit (the common case): the headline numbers straight from the counts, the
+    # LimitStatus only if someone asks for it.
+    _, _, rate, cost = plan.entries[0]
+    now, p, c, w, limit = nows[0], counts[0], counts[1], rate.window_us, rate.limit
+    elapsed = now % w
+    weight = (w - elapsed) / w
+    remaining = int(limit - (p * weight + c))
+    if remaining < 0:
+        remaining = 0
+    reset = 2 * w - elapsed if c > 0 else (w - elapsed if p > 0 else 0)
+    retry = 0 if allowed else retry_after_us(p, c, now, w, limit, cost)
+    decision = Decision(allowed, limit, remaining, reset / 1e6, retry / 1e6)
+    decision._make_limits = lambda: _statuses(plan, allowed, nows, counts)
+    return decision
+
+
+def _statuses(
+    plan: Plan, allowed: bool, nows: Sequence[int], counts: Sequence[int]
+) -> tuple[LimitStatus, ...]:
     charged = allowed and plan.commit
     statuses = []
     for i, identity, rate, cost in plan.entries:
@@ -86,18 +107,15 @@ def decide(plan: Plan, allowed: bool, nows: Sequence[int], counts: Sequence[int]
         p, c = counts[2 * i], counts[2 * i + 1]
         w = rate.window_us
         before = c - cost if charged else c
-        idx = now // w
-        elapsed = now - idx * w
+        elapsed = now % w
         weight = (w - elapsed) / w
         ok = p * weight + before + cost <= rate.limit
         remaining = max(0, int(rate.limit - (p * weight + c)))
         retry = 0 if (ok or charged) else retry_after_us(p, before, now, w, rate.limit, cost)
         statuses.append(
-            LimitStatus(
-                identity, rate, cost, ok, remaining, reset_after_us(p, c, now, w) / 1e6, retry / 1e6
-            )
+            LimitStatus(identity, rate, cost, ok, remaining, reset_after_us(p, c, now, w) / 1e6, retry / 1e6)
         )
-    return Decision.from_limits(allowed, tuple(statuses))
+    return tuple(statuses)
 
 
 def fallback_decision(plan: Plan, allowed: bool, retry_after: float) -> Decision:

@@ -5,9 +5,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Union
 
-__all__ = ["MAX_LIMIT", "MAX_WINDOW", "MIN_WINDOW", "Rate", "RateLike", "RateParseError", "parse_rates"]
+__all__ = [
+    "MAX_LIMIT",
+    "MAX_WINDOW",
+    "MIN_WINDOW",
+    "Rate",
+    "RateLike",
+    "RateParseError",
+    "parse_rates",
+]
 
 # Counts and times are exact integers below 2**53 in both Lua (doubles) and Python.
 MAX_LIMIT = 10**12
@@ -82,7 +89,12 @@ class Rate:
         return _parse_one(text)
 
     def __str__(self) -> str:
-        for unit, seconds in (("day", 86400.0), ("hour", 3600.0), ("minute", 60.0), ("second", 1.0)):
+        for unit, seconds in (
+            ("day", 86400.0),
+            ("hour", 3600.0),
+            ("minute", 60.0),
+            ("second", 1.0),
+        ):
             if self.window == seconds:
                 return f"{self.limit}/{unit}"
         if self.window >= 1 and self.window == int(self.window):
@@ -90,7 +102,7 @@ class Rate:
         return f"{self.limit}/{round(self.window * 1000)}ms"
 
 
-RateLike = Union[str, Rate]
+RateLike = str | Rate
 
 
 @lru_cache(maxsize=1024)

@@ -29,7 +29,7 @@ class LuaScript:
 def lua_script(name: str) -> LuaScript:
     """Load ``lua/<name>.lua`` from the installed package, else from the source tree."""
     filename = f"{name}.lua"
-    packaged = resources.files("ratelimit").joinpath("lua", filename)
+    packaged = resources.files("ratelimit").joinpath("lua").joinpath(filename)
     if packaged.is_file():
         source, origin = packaged.read_text(encoding="utf-8"), f"package:ratelimit/lua/{filename}"
     else:

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from math import floor
 from typing import Protocol
 
-__all__ = ["CounterStore", "ScriptRequest", "reset_after_us", "retry_after_us", "run_batch"]
+__all__ = [
+    "CounterStore",
+    "ScriptRequest",
+    "reset_after_us",
+    "retry_after_us",
+    "run_batch",
+    "run_one",
+]
 
 # One request as the script sees it: (commit, counter keys, [window_us, limit, cost] * n).
 ScriptRequest = tuple[bool, Sequence[str], Sequence[int]]
@@ -34,35 +41,42 @@ def run_batch(
     Returns, per request, whether it was allowed and the flat ``[p, c, p, c, ...]`` counts
     of its counters afterwards.
     """
-    out: list[tuple[bool, list[int]]] = []
-    for commit, keys, args in requests:
-        allowed = True
-        counts: list[int] = []
-        idxs: list[int] = []
+    return [run_one(store, now_us, commit, keys, args) for commit, keys, args in requests]
+
+
+def run_one(
+    store: CounterStore, now_us: int, commit: bool, keys: Sequence[str], args: Sequence[int]
+) -> tuple[bool, list[int]]:
+    """Decide one request (one iteration of the script's request loop)."""
+    get = store.get
+    allowed = True
+    counts: list[int] = []
+    idxs: list[int] = []
+    a = 0
+    for key in keys:
+        w, limit, cost = args[a], args[a + 1], args[a + 2]
+        idx = floor(now_us / w)
+        st = get(key, now_us)
+        p = c = 0
+        if st is not None:
+            if st[0] == idx:
+                p, c = st[1], st[2]
+            elif st[0] == idx - 1:
+                p = st[2]
+        if p * ((w - (now_us - idx * w)) / w) + c + cost > limit:
+            allowed = False
+        idxs.append(idx)
+        counts.append(p)
+        counts.append(c)
+        a += 3
+    if allowed and commit:
         for i, key in enumerate(keys):
-            w, limit, cost = args[3 * i], args[3 * i + 1], args[3 * i + 2]
-            idx = floor(now_us / w)
-            st = store.get(key, now_us)
-            p = c = 0
-            if st is not None:
-                if st[0] == idx:
-                    p, c = st[1], st[2]
-                elif st[0] == idx - 1:
-                    p = st[2]
-            elapsed = now_us - idx * w
-            if p * ((w - elapsed) / w) + c + cost > limit:
-                allowed = False
-            idxs.append(idx)
-            counts += (p, c)
-        if allowed and commit:
-            for i, key in enumerate(keys):
-                w, cost = args[3 * i], args[3 * i + 2]
-                if cost > 0:
-                    c = counts[2 * i + 1] + cost
-                    counts[2 * i + 1] = c
-                    store.put(key, idxs[i], counts[2 * i], c, (idxs[i] + 2) * w)
-        out.append((allowed, counts))
-    return out
+            w, cost = args[3 * i], args[3 * i + 2]
+            if cost > 0:
+                c = counts[2 * i + 1] + cost
+                counts[2 * i + 1] = c
+                store.put(key, idxs[i], counts[2 * i], c, (idxs[i] + 2) * w)
+    return allowed, counts
 
 
 def _fits(p: int, c: int, elapsed: int, w: int, limit: int, cost: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -75,7 +74,9 @@ class Limiter:
         self._local = MemoryBackend(max_keys) if failure_mode == "local" else None
         self._breaker = CircuitBreaker()
         remote = not isinstance(self.backend, MemoryBackend)
-        self.deny_cache: DenyCache | None = DenyCache() if (remote if deny_cache is None else deny_cache) else None
+        self.deny_cache: DenyCache | None = (
+            DenyCache() if (remote if deny_cache is None else deny_cache) else None
+        )
         self._plans: dict[tuple[Any, ...], Plan] = {}
 
     def __repr__(self) -> str:
@@ -104,15 +105,15 @@ class Limiter:
         norm: list[tuple[Identity, RateLike, int]] = []
         for item in items:
             if not isinstance(item, tuple) or len(item) not in (2, 3):
-                raise TypeError(f"hit_many takes (identity, rate) or (identity, rate, cost) tuples, got {item!r}")
-            norm.append((item[0], item[1], item[2] if len(item) == 3 else cost))  # type: ignore[misc]
+                raise TypeError(
+                    f"hit_many takes (identity, rate) or (identity, rate, cost) tuples, got {item!r}"
+                )
+            norm.append((item[0], item[1], item[2] if len(item) == 3 else cost))
         return make_plan(self.keyspace, norm, commit)
 
-    def _cached_denial(self, plan: Plan) -> Decision | None:
-        return self.deny_cache.get(plan) if self.deny_cache is not None else None
-
     def _finish(self, plan: Plan, raw: tuple[bool, Any, Any]) -> Decision:
-        self._breaker.success()
+        if self._breaker.is_open:
+            self._breaker.success()
         decision = decide(plan, *raw)
         if self.deny_cache is not None and not decision.allowed:
             self.deny_cache.put(plan, decision)
@@ -122,7 +123,7 @@ class Limiter:
         if error is not None:
             self._breaker.failure(error)
         if self._local is not None:
-            return replace(decide(plan, *self._local.evaluate(plan)), fallback=True)
+            return decide(plan, *self._local.evaluate(plan)).replace(fallback=True)
         if self.failure_mode == "closed":
             return fallback_decision(plan, False, self.closed_retry_after)
         return fallback_decision(plan, True, 0.0)
@@ -135,9 +136,10 @@ class Limiter:
     # -- sync ----------------------------------------------------------------------
 
     def _run(self, plan: Plan) -> Decision:
-        cached = self._cached_denial(plan)
-        if cached is not None:
-            return cached
+        if self.deny_cache is not None:
+            cached = self.deny_cache.get(plan)
+            if cached is not None:
+                return cached
         if not self._breaker.allow():
             return self._fallback(plan, None)
         try:
@@ -188,15 +190,18 @@ class Limiter:
     def __enter__(self) -> Limiter:
         return self
 
-    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # -- async: the same steps, awaiting the backend -----------------------------------
 
     async def _arun(self, plan: Plan) -> Decision:
-        cached = self._cached_denial(plan)
-        if cached is not None:
-            return cached
+        if self.deny_cache is not None:
+            cached = self.deny_cache.get(plan)
+            if cached is not None:
+                return cached
         if not self._breaker.allow():
             return self._fallback(plan, None)
         try:
@@ -242,7 +247,11 @@ class Limiter:
 
 
 def _make_backend(
-    storage: str | Backend, timeout: float, clock: Callable[[], float] | None, max_keys: int, coalesce: bool
+    storage: str | Backend,
+    timeout: float,
+    clock: Callable[[], float] | None,
+    max_keys: int,
+    coalesce: bool,
 ) -> Backend:
     if not isinstance(storage, str):
         if not isinstance(storage, Backend):
@@ -252,8 +261,18 @@ def _make_backend(
     if scheme == "memory":
         return MemoryBackend(max_keys=max_keys, clock=clock)
     if clock is not None:
-        raise ValueError("clock= applies to the memory backend only: Redis TIME is the clock of Redis backends")
-    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"):
+        raise ValueError(
+            "clock= applies to the memory backend only: Redis TIME is the clock of Redis backends"
+        )
+    if scheme in (
+        "redis",
+        "rediss",
+        "unix",
+        "redis+cluster",
+        "rediss+cluster",
+        "redis+sentinel",
+        "rediss+sentinel",
+    ):
         from .backends.redis import RedisBackend
 
         return RedisBackend(storage, timeout=timeout, coalesce=coalesce)

@@ -175,8 +175,7 @@ def wait_until(
         if time.monotonic() >= deadline:
             detail = f"; last error: {last_error!r}" if last_error is not None else ""
             raise RedisHarnessError(
-                f"timed out after {timeout:.1f}s waiting for {what}{detail}"
-                + _logs_report(log_paths)
+                f"timed out after {timeout:.1f}s waiting for {what}{detail}" + _logs_report(log_paths)
             )
         time.sleep(interval)
 
@@ -1024,9 +1023,7 @@ class RedisSentinel:
             replicas = c.execute_command("SENTINEL REPLICAS", self.service)
         # redis-py parses each replica into a dict of strings.
         return any(
-            int(r["port"]) == self.replica.port
-            and r["flags"] == "slave"
-            and r["master-link-status"] == "ok"
+            int(r["port"]) == self.replica.port and r["flags"] == "slave" and r["master-link-status"] == "ok"
             for r in replicas
         )
 

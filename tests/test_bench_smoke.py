@@ -60,9 +60,7 @@ def test_bench_runs_without_redis() -> None:
 def test_bench_runs_with_redis() -> None:
     if shutil.which("redis-server") is None:
         if IN_CI:
-            pytest.fail(
-                "redis-server not found; CI must install it (apt-get install -y redis-server)"
-            )
+            pytest.fail("redis-server not found; CI must install it (apt-get install -y redis-server)")
         pytest.skip('redis-server not found on PATH; deselect with -m "not redis"')
     variants = ["bare", "ambient-redis", "ambient-redis-hotkey"]
     if importlib.util.find_spec("limits") is not None:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from lua_harness import run_lua
+
 from ratelimit._keyspace import KeySpace
 from ratelimit._plan import Plan, decide, make_plan
 from ratelimit._rate import Rate
@@ -52,7 +52,8 @@ def plans_for(keyspace: KeySpace, requests: list[tuple[list[tuple[int, Rate, int
 def reference(store: _BoundedStore, plans: list[Plan], now: int) -> list[tuple[bool, Any, Any]]:
     store.now = now
     answers = run_batch(store, now, [(p.commit, p.keys, p.args) for p in plans])
-    return [(allowed, (now,) * len(p.keys), counts) for (allowed, counts), p in zip(answers, plans)]
+    pairs = zip(answers, plans, strict=True)
+    return [(allowed, (now,) * len(p.keys), counts) for (allowed, counts), p in pairs]
 
 
 def check_history(client: Any, steps: list[Any]) -> None:
@@ -65,7 +66,7 @@ def check_history(client: Any, steps: list[Any]) -> None:
         want = reference(store, plans, now)
         got = run_lua(client, plans, now)
         assert [(a, tuple(n), list(c)) for a, n, c in got] == [(a, tuple(n), list(c)) for a, n, c in want]
-        for plan, mine, theirs in zip(plans, want, got):
+        for plan, mine, theirs in zip(plans, want, got, strict=True):
             assert decide(plan, *mine) == decide(plan, *theirs)
 
 

@@ -40,8 +40,22 @@ def test_rate_strings(text: str, limit: int, window: float) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "100", "100/", "/minute", "100/fortnight", "-1/minute", "1.5/minute", "100/0s", "abc", "100//minute",
-     "10/1000000000d", f"{10**13}/second", "100/minute/x", "1/0.0001s"],
+    [
+        "",
+        "100",
+        "100/",
+        "/minute",
+        "100/fortnight",
+        "-1/minute",
+        "1.5/minute",
+        "100/0s",
+        "abc",
+        "100//minute",
+        "10/1000000000d",
+        f"{10**13}/second",
+        "100/minute/x",
+        "1/0.0001s",
+    ],
 )
 def test_bad_rate_strings_name_the_input(text: str) -> None:
     """A bad rate string raises RateParseError quoting the input."""
@@ -59,7 +73,9 @@ def test_bad_rate_types(value: object) -> None:
         Rate.parse(value)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("limit", "window"), [(-1, 60), (1, 0), (1, -5), (True, 60), (1, float("nan")), ("5", 60)])
+@pytest.mark.parametrize(
+    ("limit", "window"), [(-1, 60), (1, 0), (1, -5), (True, 60), (1, float("nan")), ("5", 60)]
+)
 def test_bad_rate_objects(limit: object, window: object) -> None:
     """Rate() validates its fields."""
     with pytest.raises(RateParseError):
@@ -101,7 +117,14 @@ def test_identity_tags_are_bounded_and_safe(identity: str | bytes) -> None:
     assert not set(tag) & set("{}: \x00*?[]\\")
 
 
-@given(st.lists(st.one_of(st.text(max_size=80), st.binary(max_size=80)), min_size=2, max_size=30, unique=True))
+@given(
+    st.lists(
+        st.one_of(st.text(max_size=80), st.binary(max_size=80)),
+        min_size=2,
+        max_size=30,
+        unique=True,
+    )
+)
 def test_distinct_identities_never_share_keys(identities: list[str | bytes]) -> None:
     """Distinct identities get distinct counter keys (str and its UTF-8 bytes are one identity)."""
     norm = {i.encode("utf-8", "surrogatepass") if isinstance(i, str) else i for i in identities}
@@ -112,7 +135,20 @@ def test_distinct_identities_never_share_keys(identities: list[str | bytes]) -> 
 def test_tricky_identities_do_not_collide() -> None:
     """Identities with braces, colons or NUL cannot reach another identity's keys."""
     ks = KeySpace()
-    names = ["a", "{a}", "a}", "{a", "a:60000", "a\x00", "#a", "a:{b}:1", "", " ", "a" * 65, "a" * 64]
+    names = [
+        "a",
+        "{a}",
+        "a}",
+        "{a",
+        "a:60000",
+        "a\x00",
+        "#a",
+        "a:{b}:1",
+        "",
+        " ",
+        "a" * 65,
+        "a" * 64,
+    ]
     keys = [ks.counter_key(n, 60_000_000) for n in names]
     assert len(set(keys)) == len(names)
     assert all(k.count("{") == 1 and k.count("}") == 1 for k in keys)
@@ -156,7 +192,9 @@ def test_bad_hit_many_items() -> None:
         limiter.hit_many([])
 
 
-@pytest.mark.parametrize("storage", ["mongodb://x", "nonsense", "redis+cluster://h:notaport", "redis+sentinel://h:26379"])
+@pytest.mark.parametrize(
+    "storage", ["mongodb://x", "nonsense", "redis+cluster://h:notaport", "redis+sentinel://h:26379"]
+)
 def test_bad_storage_urls(storage: str) -> None:
     """Unknown or malformed storage URLs raise ValueError naming them."""
     with pytest.raises(ValueError):
@@ -165,7 +203,13 @@ def test_bad_storage_urls(storage: str) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["ratelimit", "ratelimit._rate", "ratelimit._keyspace", "ratelimit.testing", "ratelimit._decision"],
+    [
+        "ratelimit",
+        "ratelimit._rate",
+        "ratelimit._keyspace",
+        "ratelimit.testing",
+        "ratelimit._decision",
+    ],
 )
 def test_doctests(module: str) -> None:
     """The examples in docstrings run."""

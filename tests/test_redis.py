@@ -61,7 +61,16 @@ def test_keys_are_hashes_with_ttl(redis_server: Any) -> None:
 def test_odd_identities_on_redis(redis_server: Any) -> None:
     """Identities of any bytes and length become short, distinct keys."""
     p = prefix()
-    names: list[str | bytes] = ["{a}", "a", "a:b", "a\x00", "x" * 10_000, b"\xff" * 5000, "", "ü{}:*?"]
+    names: list[str | bytes] = [
+        "{a}",
+        "a",
+        "a:b",
+        "a\x00",
+        "x" * 10_000,
+        b"\xff" * 5000,
+        "",
+        "ü{}:*?",
+    ]
     with Limiter(redis_server.url, prefix=p) as limiter, redis_server.client() as client:
         for name in names:
             assert limiter.hit(name, "1/minute").allowed
@@ -84,10 +93,7 @@ def test_noscript_recovery(redis_server: Any, mode: str) -> None:
     with redis_server.client() as client:
         for _ in range(3):
             client.script_flush()
-            if mode == "sync":
-                d = limiter.hit("a", "10/minute")
-            else:
-                d = asyncio.run(_one(limiter))
+            d = limiter.hit("a", "10/minute") if mode == "sync" else asyncio.run(_one(limiter))
             assert d.allowed and not d.fallback
     assert limiter.peek("a", "10/minute").remaining == 7
     limiter.close()
@@ -186,10 +192,7 @@ def test_cluster_cross_slot_is_all_or_nothing(redis_cluster: Any, mode: str) -> 
             await limiter.aclose()
 
     limiter = Limiter(redis_cluster.url, prefix=p, timeout=2.0, deny_cache=False)
-    if mode == "sync":
-        answers = [limiter.hit_many(items) for _ in range(3)]
-    else:
-        answers = asyncio.run(run(limiter))
+    answers = [limiter.hit_many(items) for _ in range(3)] if mode == "sync" else asyncio.run(run(limiter))
     assert [d.allowed for d in answers] == [True, False, False]
     assert not any(d.fallback for d in answers)
     # The denied requests consumed nothing anywhere.

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-
 from lua_harness import LuaClockBackend
+
 from ratelimit import Limiter
 from ratelimit.testing import FakeClock
 
@@ -86,7 +86,12 @@ SCENARIOS: dict[str, list[Step]] = {
         ),
     ],
     "limits on one counter share it and it is charged once": [
-        Step(op="hit_many", items=[("a", "10/minute"), ("a", "3/minute")], allowed=True, per_limit_remaining=[9, 2]),
+        Step(
+            op="hit_many",
+            items=[("a", "10/minute"), ("a", "3/minute")],
+            allowed=True,
+            per_limit_remaining=[9, 2],
+        ),
         Step(op="hit_many", items=[("a", "10/minute"), ("a", "3/minute")], allowed=True),
         Step(op="hit_many", items=[("a", "10/minute"), ("a", "3/minute")], allowed=True, remaining=0),
         Step(op="hit_many", items=[("a", "10/minute"), ("a", "3/minute")], allowed=False, limit=3),
@@ -123,7 +128,12 @@ SCENARIOS: dict[str, list[Step]] = {
     "reset of one rate keeps the others": [
         Step(op="hit_many", items=[("a", "1/minute"), ("a", "5/hour")], allowed=True),
         Step(op="reset", items=("a", "1/minute")),
-        Step(op="hit_many", items=[("a", "1/minute"), ("a", "5/hour")], allowed=True, per_limit_remaining=[0, 3]),
+        Step(
+            op="hit_many",
+            items=[("a", "1/minute"), ("a", "5/hour")],
+            allowed=True,
+            per_limit_remaining=[0, 3],
+        ),
     ],
     "counters vanish after two windows": [
         hits("2/second", 2, True),

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from .._plan import Plan
 from .base import BackendError, RawResult
 
-__all__ = ["Batcher", "BackendTimeout"]
+__all__ = ["BackendTimeout", "Batcher"]
 
 Send = Callable[[Sequence[Plan]], Awaitable[list[RawResult]]]
 
@@ -69,6 +69,9 @@ class Batcher:
         batch = queue[-1]
         batch.plans.append(plan)
         batch.futures.append(fut)
+        if len(batch.plans) >= self._max_batch and self._inflight < self._max_inflight:
+            # Full: send now, so Redis works on it while this loop builds the next one.
+            self._pump()
         return fut
 
     def _pump(self) -> None:
@@ -86,8 +89,10 @@ class Batcher:
                 plans = batch.plans if len(live) == len(batch.plans) else [batch.plans[i] for i in live]
                 try:
                     results = await self._send(plans)
-                except BaseException as exc:  # noqa: BLE001 - every waiter must hear of it
-                    err = exc if isinstance(exc, BackendError) else BackendError(f"{type(exc).__name__}: {exc}")
+                except BaseException as exc:
+                    err = (
+                        exc if isinstance(exc, BackendError) else BackendError(f"{type(exc).__name__}: {exc}")
+                    )
                     for i in live:
                         fut = batch.futures[i]
                         if not fut.done():
@@ -95,7 +100,7 @@ class Batcher:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                 else:
-                    for i, result in zip(live, results):
+                    for i, result in zip(live, results, strict=True):
                         fut = batch.futures[i]
                         if not fut.done():
                             fut.set_result(result)

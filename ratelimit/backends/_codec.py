@@ -29,16 +29,15 @@ def encode(plans: Sequence[Plan], now_us: int | None = None) -> tuple[list[str],
 def decode(reply: Any, plans: Sequence[Plan]) -> list[RawResult]:
     """Split the script's flat reply into one raw result per plan."""
     try:
-        now = int(reply[0])
+        now = reply[0]
+        # Lua numbers arrive as RESP integers, which redis-py gives as ints already.
+        if type(now) is not int or len(reply) != 1 + sum(1 + 2 * len(p.keys) for p in plans):
+            raise ValueError("malformed reply")
         out: list[RawResult] = []
         pos = 1
         for plan in plans:
             n = len(plan.keys)
-            allowed = reply[pos] == 1
-            counts = [int(x) for x in reply[pos + 1 : pos + 1 + 2 * n]]
-            if len(counts) != 2 * n:
-                raise IndexError("short reply")
-            out.append((allowed, (now,) * n, counts))
+            out.append((reply[pos] == 1, (now,) * n, reply[pos + 1 : pos + 1 + 2 * n]))
             pos += 1 + 2 * n
         return out
     except (TypeError, ValueError, IndexError) as exc:

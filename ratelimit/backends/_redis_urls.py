@@ -90,7 +90,9 @@ def parse_redis_url(url: str) -> RedisTarget:
     service = None
     if kind == "sentinel":
         if not path:
-            raise ValueError(f"a Sentinel URL names the service: redis+sentinel://host:26379/mymaster, got {url!r}")
+            raise ValueError(
+                f"a Sentinel URL names the service: redis+sentinel://host:26379/mymaster, got {url!r}"
+            )
         service, path = unquote(path[0]), path[1:]
     db = 0
     if path:
@@ -103,7 +105,14 @@ def parse_redis_url(url: str) -> RedisTarget:
     return RedisTarget(url, kind, tls, tuple(hosts), username, password, db, service, options)
 
 
-_SSL_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_path")
+_SSL_OPTIONS = (
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+    "ssl_ca_path",
+)
 
 
 def _tls_kwargs(target: RedisTarget) -> dict[str, Any]:
@@ -129,13 +138,21 @@ def make_clients(target: RedisTarget, timeout: float, aio: bool) -> tuple[Any, l
     limiter's failure policy decides what happens when Redis is slow or gone, and a
     request must never wait for several retries.
     """
-    if aio:
-        import redis.asyncio as r
-        from redis.asyncio.retry import Retry
-    else:
-        import redis as r  # type: ignore[no-redef]
-        from redis.retry import Retry  # type: ignore[assignment]
+    import redis
+    import redis.asyncio
+    import redis.asyncio.cluster
+    import redis.asyncio.retry
+    import redis.asyncio.sentinel
+    import redis.cluster
+    import redis.retry
+    import redis.sentinel
     from redis.backoff import NoBackoff
+
+    # The sync and asyncio flavours of each class, chosen once.
+    r: Any = redis.asyncio if aio else redis
+    Retry: Any = redis.asyncio.retry.Retry if aio else redis.retry.Retry
+    cluster: Any = redis.asyncio.cluster if aio else redis.cluster
+    Sentinel: Any = redis.asyncio.sentinel.Sentinel if aio else redis.sentinel.Sentinel
 
     common: dict[str, Any] = {
         "socket_timeout": timeout,
@@ -145,19 +162,11 @@ def make_clients(target: RedisTarget, timeout: float, aio: bool) -> tuple[Any, l
     if target.kind == "standalone":
         client = r.Redis.from_url(target.url, **common)
         return client, [client]
-    auth = {"username": target.username, "password": target.password}
+    auth: dict[str, Any] = {"username": target.username, "password": target.password}
     if target.kind == "cluster":
-        if aio:
-            from redis.asyncio.cluster import ClusterNode, RedisCluster
-        else:
-            from redis.cluster import ClusterNode, RedisCluster  # type: ignore[assignment]
-        nodes = [ClusterNode(h, p) for h, p in target.hosts]
-        client = RedisCluster(startup_nodes=nodes, **auth, **_tls_kwargs(target), **common)
+        nodes = [cluster.ClusterNode(h, p) for h, p in target.hosts]
+        client = cluster.RedisCluster(startup_nodes=nodes, **auth, **_tls_kwargs(target), **common)
         return client, [client]
-    if aio:
-        from redis.asyncio.sentinel import Sentinel
-    else:
-        from redis.sentinel import Sentinel  # type: ignore[assignment]
     sentinel_kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if "sentinel_password" in target.options:
         sentinel_kwargs["password"] = target.options["sentinel_password"]

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from .._plan import Plan
-from .._window import run_batch
+from .._window import run_one
 from .base import RawResult
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryBackend"]
@@ -101,10 +101,11 @@ class MemoryBackend:
 
     def evaluate(self, plan: Plan) -> RawResult:
         """Decide ``plan`` atomically against the in-process counters."""
+        store = self._store
         with self._lock:
-            now = self.now_us()
-            self._store.now = now
-            ((allowed, counts),) = run_batch(self._store, now, ((plan.commit, plan.keys, plan.args),))
+            now = int(self._clock() * 1_000_000)
+            store.now = now
+            allowed, counts = run_one(store, now, plan.commit, plan.keys, plan.args)
         return allowed, (now,) * len(plan.keys), counts
 
     async def aevaluate(self, plan: Plan) -> RawResult:
