@@ -1,15 +1,14 @@
-"""The ``ratelimit`` command line; for now one subcommand, ``demo``.
+"""The ``ratelimit`` command line. ``ratelimit demo`` shows the limiter deciding requests.
 
-``ratelimit demo`` shows the limiter deciding requests, on the in-process memory
-backend with a simulated clock (instant, and the same output on every run), or on a
-real Redis with ``--redis URL``. The RateLimit header values printed here are computed
-for display only; the adapters that will send them are on the roadmap.
+It runs on the memory backend with a simulated clock (instant, same output every run),
+or on a real Redis with ``--redis URL``. Its RateLimit header values are for display only.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +25,11 @@ __all__ = ["main", "rate_limit_headers", "tightest"]
 
 T0 = 1_700_000_040.0  # a whole minute since the epoch: the demo's windows start at t=0
 _BURST, _SUSTAINED, _GLOBAL = "10/second", "20/minute", "15/minute"
+_NAMES = {"5/10s": "user", _BURST: "burst", _SUSTAINED: "sustained", _GLOBAL: "global"}
+_REDIS_HELP = (
+    "use this Redis instead (needs the [redis] extra). Keys go under a random rl-demo-* prefix and are"
+    " deleted afterwards; Redis gets 1 s per call (the library default is 50 ms); no time travel."
+)
 _SLIDING = (  # (seconds to wait, hits, why) for erin against 10/minute
     (0, 10, "10 hits fill the window"),
     (0, 1, "the current window is full"),
@@ -43,21 +47,19 @@ class DemoError(Exception):
 
 def tightest(decision: Decision) -> LimitStatus:
     """The limit whose numbers head ``decision`` (its limit, remaining and reset_after)."""
+    want = (decision.limit, decision.remaining, decision.reset_after, decision.retry_after)
     for s in decision.limits:
-        head = (s.rate.limit, s.remaining, s.reset_after)
-        if head == (decision.limit, decision.remaining, decision.reset_after) and (
-            decision.allowed or s.retry_after == decision.retry_after
-        ):
+        if (s.rate.limit, s.remaining, s.reset_after, s.retry_after) == want:
             return s
     return decision.limits[0]
 
 
-def rate_limit_headers(decision: Decision, names: dict[str, str]) -> list[tuple[str, str]]:
+def rate_limit_headers(decision: Decision, names: dict[str, str] = _NAMES) -> list[tuple[str, str]]:
     """The IETF draft-10 RateLimit fields a response would carry, for the tightest limit.
 
-    ``names`` maps rate strings (``str(rate)``) to policy names. Seconds are rounded up.
-    ``t`` is the retry-after when denied (when quota is back for this request), else the
-    reset-after (when the whole quota is back). A denial also carries ``Retry-After``.
+    ``names`` maps ``str(rate)`` to policy names; seconds are rounded up. ``t`` is the
+    retry-after when denied (quota back for this request), else the reset-after (all of
+    it back). A denial also carries ``Retry-After``.
     """
     s = tightest(decision)
     name = names.get(str(s.rate), "user")
@@ -66,9 +68,7 @@ def rate_limit_headers(decision: Decision, names: dict[str, str]) -> list[tuple[
         ("RateLimit-Policy", f'"{name}";q={s.rate.limit};w={ceil(s.rate.window)}'),
         ("RateLimit", f'"{name}";r={decision.remaining};t={ceil(t)}'),
     ]
-    if decision.denied:
-        out.append(("Retry-After", str(ceil(decision.retry_after))))
-    return out
+    return [*out, ("Retry-After", str(ceil(t)))] if decision.denied else out
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -81,11 +81,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def _collapse(rows: list[list[str]], col: int) -> list[list[str]]:
     """Keep the first and last row of each run of equal ``col`` values; mark the gaps."""
     out: list[list[str]] = []
-    last = len(rows) - 1
     for i, row in enumerate(rows):
-        if i in (0, last) or row[col] not in (rows[i - 1][col], rows[i + 1][col]) or (
-            rows[i - 1][col] != rows[i + 1][col]
-        ):
+        if i in (0, len(rows) - 1) or not rows[i - 1][col] == row[col] == rows[i + 1][col]:
             out.append(row)
         elif out[-1][0] != "...":
             out.append(["..."] + [""] * (len(row) - 1))
@@ -96,26 +93,21 @@ def _said(d: Decision) -> str:
     return "allowed" if d.allowed else "limited"
 
 
+def _headers(d: Decision) -> None:
+    print("\n  Response headers for the tightest limit (draft-10, seconds rounded up):")
+    print("\n".join(f"    {name}: {value}" for name, value in rate_limit_headers(d)))
+
+
 class _Demo:
     """Runs the demo's sections on one limiter and prints what it decided."""
 
     def __init__(self, limiter: Limiter, clock: FakeClock | None) -> None:
-        self.limiter, self.clock = limiter, clock
-        self.started = time.monotonic()
-
-    def now(self) -> str:
-        elapsed = self.clock() - T0 if self.clock else time.monotonic() - self.started
-        return f"{elapsed:.1f}"
+        self.limiter, self.clock, self.started = limiter, clock, time.monotonic()
 
     def check(self, d: Decision) -> Decision:
         if d.fallback:
             raise DemoError("the backend did not answer (see the warning above); is Redis up?")
         return d
-
-    def headers(self, d: Decision, names: dict[str, str]) -> None:
-        print("\n  Response headers for the tightest limit (draft-10, seconds rounded up):")
-        for name, value in rate_limit_headers(d, names):
-            print(f"    {name}: {value}")
 
     def one_limit(self) -> None:
         pace = "one request a second" if self.clock else "back to back"
@@ -123,30 +115,30 @@ class _Demo:
         rows = []
         for n in range(1, 7):
             d = self.check(self.limiter.hit("alice", "5/10s"))
-            rows.append([self.now(), f"alice #{n}", _said(d), str(d.limit), str(d.remaining),
-                         f"{d.retry_after:.1f}", f"{d.reset_after:.1f}"])
+            t = self.clock() - T0 if self.clock else time.monotonic() - self.started
+            cells = [d.limit, d.remaining, f"{d.retry_after:.1f}", f"{d.reset_after:.1f}"]
+            rows.append([f"{t:.1f}", f"alice #{n}", _said(d), *map(str, cells)])
             if self.clock:
                 self.clock.advance(1)
-        _table(["t(s)", "request", "result", "limit", "remaining", "retry_after", "reset_after"],
-               rows)
-        self.headers(d, {"5/10s": "user"})
+        _table(["t(s)", "request", "result", "limit", "remaining", "retry_after", "reset_after"], rows)
+        _headers(d)
 
     def many_limits(self) -> None:
-        print(f"\n2. Several limits, all or nothing (hit_many): {_BURST} and {_SUSTAINED} per"
-              f" user,\n   plus {_GLOBAL} shared by everyone. Remaining per limit:")
+        print(
+            f"\n2. Several limits, all or nothing (hit_many): {_BURST} and {_SUSTAINED} per"
+            f" user,\n   plus {_GLOBAL} shared by everyone. Remaining per limit:"
+        )
         rows: list[list[str]] = []
         for user, count in (("bob", 11), ("carol", 6)):
             for n in range(1, count + 1):
                 items = [(user, _BURST), (user, _SUSTAINED), ("global", _GLOBAL)]
                 d = self.check(self.limiter.hit_many(items))
                 by = ", ".join(f"{s.identity!s} {s.rate}" for s in d.limits if not s.allowed)
-                rows.append([f"{user} #{n}", _said(d), *(str(s.remaining) for s in d.limits),
-                             by or "-"])
-        _table(["request", "result", f"user {_BURST}", f"user {_SUSTAINED}",
-                f"global {_GLOBAL}", "limited by"], _collapse(rows, 1))
-        print("  A limited request consumes nothing: when one limit said no, the other\n"
-              "  counters of that request did not move.")
-        self.headers(d, {_BURST: "burst", _SUSTAINED: "sustained", _GLOBAL: "global"})
+                rows.append([f"{user} #{n}", _said(d), *(str(s.remaining) for s in d.limits), by or "-"])
+        head = ["request", "result", f"user {_BURST}", f"user {_SUSTAINED}", f"global {_GLOBAL}"]
+        _table([*head, "limited by"], _collapse(rows, 1))
+        print("  A limited request consumes nothing: when one limit said no, no counter moved.")
+        _headers(d)
 
     def cost(self) -> None:
         print("\n3. Cost: dave's exports weigh more than one request (limit 10/minute)")
@@ -155,23 +147,22 @@ class _Demo:
             d = self.check(self.limiter.hit("dave", "10/minute", cost=cost))
             rows.append([f"cost {cost}", _said(d), str(d.remaining), f"{d.retry_after:.1f}"])
         _table(["request", "result", "remaining", "retry_after"], rows)
-        print("  Cost 0 checks without consuming; a cost above the limit is never allowed\n"
-              "  and is told to retry after one window.")
+        print("  Cost 0 checks without consuming; a cost above the limit never fits: retry after a window.")
 
     def sliding(self, clock: FakeClock) -> None:
-        print("\n4. The sliding window over time: erin against 10/minute (simulated clock)\n"
-              "   estimate = previous * (1 - elapsed/60) + current; a hit needs estimate + 1 <= 10")
+        print(
+            "\n4. The sliding window over time: erin against 10/minute (simulated clock)\n"
+            "   estimate = previous * (1 - elapsed/60) + current; a hit needs estimate + 1 <= 10"
+        )
         start, rows = T0 + 3600, []
         clock.set(start)
         for wait, hits, why in _SLIDING:
             clock.advance(wait)
             for _ in range(hits):
                 d = self.limiter.hit("erin", "10/minute")
-            rows.append([f"{clock() - start:.0f}", _said(d), str(d.remaining),
-                         f"{d.retry_after:.1f}", why])
+            rows.append([f"{clock() - start:.0f}", _said(d), str(d.remaining), f"{d.retry_after:.1f}", why])
         _table(["t(s)", "result", "remaining", "retry_after", "why"], rows)
-        print("  A fixed window (as in envoyproxy/ratelimit) would let 10 more through at\n"
-              "  t=60: 20 hits within a second of the window edge.")
+        print("  A fixed window (envoyproxy/ratelimit) would let 10 more through at t=60: a 2x edge burst.")
 
 
 def _demo(redis_url: str | None) -> int:
@@ -181,12 +172,13 @@ def _demo(redis_url: str | None) -> int:
             limiter = Limiter(redis_url, prefix=f"rl-demo-{token_hex(4)}", timeout=1.0)
         except (ImportError, ValueError) as exc:
             raise DemoError(str(exc)) from exc
-        print(f"ambient-ratelimit demo on {limiter.backend!r}.\n"
-              "The clock is Redis server time (real); requests go back to back.")
+        print(f"ambient-ratelimit demo on {limiter.backend!r}.\nThe clock is Redis TIME (real).")
     else:
         limiter = Limiter(clock=clock)
-        print("ambient-ratelimit demo on the memory backend.\nThe clock is SIMULATED"
-              " (ratelimit.testing.FakeClock): no waiting, the same output every run.")
+        print(
+            "ambient-ratelimit demo on the memory backend.\nThe clock is SIMULATED"
+            " (ratelimit.testing.FakeClock): no waiting, the same output every run."
+        )
     demo = _Demo(limiter, clock)
     try:
         demo.one_limit()
@@ -195,8 +187,7 @@ def _demo(redis_url: str | None) -> int:
         if clock is not None:
             demo.sliding(clock)
         else:
-            print("\n4. The sliding window over time: skipped with --redis (it needs the"
-                  "\n   simulated clock to travel in time; Redis TIME is the real clock).")
+            print("\n4. The sliding window over time: skipped with --redis (Redis TIME cannot time-travel).")
     finally:
         for who in ("alice", "bob", "carol", "dave", "global") if redis_url else ():
             with contextlib.suppress(BackendError):
@@ -209,10 +200,10 @@ def _demo(redis_url: str | None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ratelimit",
-        description="ambient-ratelimit: sliding-window rate limiting backed by Redis, for"
-        " services that lost Envoy's rate limits under Istio Ambient.",
-        epilog="examples:\n  ratelimit demo\n  ratelimit demo --redis redis://localhost:6379/0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="ambient-ratelimit: sliding-window rate limiting backed by Redis,\n"
+        "for services that lost Envoy's rate limits under Istio Ambient.",
+        epilog="examples:\n  ratelimit demo\n  ratelimit demo --redis redis://localhost:6379/0",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -223,12 +214,7 @@ def _parser() -> argparse.ArgumentParser:
         " and the sliding window over time, with the RateLimit headers a response would carry."
         " Runs on the in-process memory backend with a simulated clock unless --redis is given.",
     )
-    demo.add_argument(
-        "--redis", metavar="URL",
-        help="use this Redis instead (needs the [redis] extra). Keys go under a random"
-        " rl-demo-* prefix and are deleted afterwards; Redis gets 1 s per call (the library"
-        " default is 50 ms); the time-travel part is skipped.",
-    )
+    demo.add_argument("--redis", metavar="URL", help=_REDIS_HELP)
     return parser
 
 
@@ -247,3 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     except DemoError as exc:
         print(f"ratelimit demo: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `ratelimit demo | head`: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -9,6 +9,7 @@ Redis would, never allow one Redis would deny.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,12 +23,13 @@ __all__ = ["DenyCache"]
 class DenyCache:
     """Denied decisions by request shape (counters, limits, cost), bounded in size."""
 
-    __slots__ = ("_clock", "_entries", "_max", "hits")
+    __slots__ = ("_clock", "_entries", "_lock", "_max", "hits")
 
     def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: dict[tuple[tuple[str, ...], tuple[int, ...]], tuple[float, float, Decision]] = {}
         self._max = max_entries
         self._clock = clock
+        self._lock = threading.Lock()  # for sweeps; single dict operations need none
         self.hits = 0
 
     def __len__(self) -> int:
@@ -45,7 +47,7 @@ class DenyCache:
         stored_at, until, decision = entry
         now = self._clock()
         if now >= until:
-            del entries[key]
+            entries.pop(key, None)
             return None
         self.hits += 1
         age = now - stored_at
@@ -73,10 +75,11 @@ class DenyCache:
         entries = self._entries
         now = self._clock()
         if len(entries) >= self._max:
-            for key in [k for k, v in entries.items() if v[1] <= now]:
-                del entries[key]
-            while len(entries) >= self._max:
-                del entries[next(iter(entries))]
+            with self._lock:
+                for key in [k for k, v in list(entries.items()) if v[1] <= now]:
+                    entries.pop(key, None)
+                while len(entries) >= self._max:
+                    entries.pop(next(iter(entries)), None)
         entries[(plan.keys, plan.args)] = (now, now + decision.retry_after, decision)
 
     def forget(self, keys: set[str] | None = None, prefixes: tuple[str, ...] = ()) -> None:
@@ -84,5 +87,9 @@ class DenyCache:
         if not keys and not prefixes:
             self._entries.clear()
             return
-        for k in [k for k in self._entries if any(c in (keys or ()) or c.startswith(prefixes) for c in k[0])]:
-            del self._entries[k]
+        wanted = keys or set()
+        with self._lock:
+            for k in [
+                k for k in list(self._entries) if any(c in wanted or c.startswith(prefixes) for c in k[0])
+            ]:
+                self._entries.pop(k, None)

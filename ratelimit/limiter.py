@@ -70,6 +70,8 @@ class Limiter:
         self.keyspace = KeySpace(prefix, hash_tag)
         self.backend: Backend = _make_backend(storage, timeout, clock, max_keys, coalesce)
         self.failure_mode = failure_mode
+        if not (isinstance(closed_retry_after, (int, float)) and 0 < closed_retry_after <= 86400):
+            raise ValueError(f"closed_retry_after must be seconds in (0, 86400], got {closed_retry_after!r}")
         self.closed_retry_after = float(closed_retry_after)
         self._local = MemoryBackend(max_keys) if failure_mode == "local" else None
         self._breaker = CircuitBreaker()
@@ -256,6 +258,10 @@ def _make_backend(
     if not isinstance(storage, str):
         if not isinstance(storage, Backend):
             raise TypeError(f"storage must be a URL or a Backend, got {type(storage).__name__}")
+        if clock is not None:
+            raise ValueError(
+                "clock= applies to storage='memory://'; pass it to the backend you construct instead"
+            )
         return storage
     scheme = storage.split("://", 1)[0].lower() if "://" in storage else ""
     if scheme == "memory":

@@ -243,3 +243,37 @@ def test_clock_only_for_memory() -> None:
     """A clock cannot be injected into a Redis backend: Redis TIME is authoritative."""
     with pytest.raises(ValueError, match="clock"):
         Limiter("redis://localhost:1/0", clock=FakeClock())
+
+
+def test_deny_cache_survives_threads() -> None:
+    """Concurrent puts, gets and sweeps from many threads never raise."""
+    cache = DenyCache(max_entries=50)
+    limiter = Limiter(clock=FakeClock())
+    plans = [limiter._plan_one(f"u{i}", "1/minute", 1, True) for i in range(400)]
+    denial = Decision(False, 1, 0, 60.0, 30.0)
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for n in range(3000):
+                plan = plans[(offset + n) % len(plans)]
+                cache.put(plan, denial)
+                cache.get(plan)
+                if n % 500 == 0:
+                    cache.forget({plan.keys[0]})
+        except BaseException as exc:  # collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i * 37,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(cache) <= 50
+
+
+@pytest.mark.parametrize("value", [0, -1, "1", float("nan")])
+def test_bad_closed_retry_after(value: object) -> None:
+    """closed_retry_after must be a positive number of seconds."""
+    with pytest.raises(ValueError, match="closed_retry_after"):
+        Limiter(closed_retry_after=value)  # type: ignore[arg-type]

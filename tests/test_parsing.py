@@ -216,3 +216,27 @@ def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0
     assert ratelimit.__version__
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0?socket_timeout=10",
+        "rediss://h:6380/0?socket_connect_timeout=5",
+        "redis+cluster://h:7000,h:7001?retry_on_timeout=true",
+        "unix:///tmp/redis.sock?socket_timeout=3",
+    ],
+)
+def test_url_options_cannot_override_the_budget(url: str) -> None:
+    """Socket timeouts in a Redis URL are refused: the limiter's timeout= governs."""
+    with pytest.raises(ValueError, match="timeout budget"):
+        Limiter(url)
+
+
+def test_clock_with_a_backend_instance_is_refused() -> None:
+    """clock= with a ready backend is an error, not silently ignored."""
+    from ratelimit.backends import MemoryBackend
+    from ratelimit.testing import FakeClock
+
+    with pytest.raises(ValueError, match="clock"):
+        Limiter(MemoryBackend(), clock=FakeClock())

@@ -69,6 +69,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         raise ValueError(f"unsupported Redis URL scheme {scheme!r} in {url!r}; use one of {sorted(_SCHEMES)}")
     kind, tls = _SCHEMES[scheme]
     if scheme == "unix":
+        _refuse_budget_options(dict(parse_qsl(urlsplit(url).query)), url)
         return RedisTarget(url, kind, tls)  # redis-py parses unix URLs itself
     parts = urlsplit(url)
     creds, _, hostlist = parts.netloc.rpartition("@")
@@ -102,7 +103,21 @@ def parse_redis_url(url: str) -> RedisTarget:
     if kind == "standalone" and len(hosts) > 1:
         raise ValueError(f"several hosts need redis+cluster:// or redis+sentinel://, got {url!r}")
     options = dict(parse_qsl(parts.query))
+    _refuse_budget_options(options, url)
     return RedisTarget(url, kind, tls, tuple(hosts), username, password, db, service, options)
+
+
+_BUDGET_OPTIONS = ("socket_timeout", "socket_connect_timeout", "retry_on_timeout", "retry_on_error")
+
+
+def _refuse_budget_options(options: dict[str, str], url: str) -> None:
+    # These would override the limiter's timeout budget and let Redis hang requests.
+    clashes = sorted(set(options) & set(_BUDGET_OPTIONS))
+    if clashes:
+        raise ValueError(
+            f"Redis URL option(s) {', '.join(clashes)} in {url!r} would override the limiter's "
+            "timeout budget; set Limiter(timeout=...) instead"
+        )
 
 
 _SSL_OPTIONS = (
