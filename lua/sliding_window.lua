@@ -40,7 +40,7 @@ local nreq = tonumber(ARGV[2])
 local a = 3   -- cursor into ARGV
 local k = 1   -- cursor into KEYS
 -- Per-counter scratch, reused by every request (indexes 1..n are always rewritten).
-local idxs, ps, cs, same = {}, {}, {}, {}
+local idxs, ps, cs, same, ws, costs = {}, {}, {}, {}, {}, {}
 
 for _ = 1, nreq do
   local commit = ARGV[a] == '1'
@@ -65,21 +65,21 @@ for _ = 1, nreq do
     if p * ((w - elapsed) / w) + c + cost > limit then
       allowed = 0
     end
-    idxs[i], ps[i], cs[i], same[i] = idx, p, c, sw == idx
+    idxs[i], ps[i], cs[i], same[i], ws[i], costs[i] = idx, p, c, sw == idx, w, cost
     a = a + 3
   end
   if allowed == 1 and commit then
-    local b = a - 3 * n
     for i = 1, n do
-      local w = tonumber(ARGV[b + 3 * (i - 1)])
-      local cost = tonumber(ARGV[b + 3 * (i - 1) + 2])
+      local cost = costs[i]
       if cost > 0 then
         local key = KEYS[k + i - 1]
         local c = cs[i] + cost
         cs[i] = c
         if same[i] then
-          redis.call('HSET', key, 'c', fmt('%d', c))
+          -- Same window: only the current count moves (the cost's own ARGV string).
+          redis.call('HINCRBY', key, 'c', ARGV[a - 3 * (n - i) - 1])
         else
+          local w = ws[i]
           redis.call('HSET', key, 'w', fmt('%d', idxs[i]), 'p', fmt('%d', ps[i]), 'c', fmt('%d', c))
           -- The counts matter until the end of the next window, then the key may go.
           -- That deadline depends only on the window index, so it is set once per
