@@ -185,6 +185,42 @@ class Limiter:
             self.deny_cache.forget(set(keys), prefixes)
         return self.backend.delete(keys, prefixes)
 
+    def limit(
+        self,
+        rates: RateLike | list[RateLike],
+        key: Any = None,
+        *,
+        name: str | None = None,
+        cost: Any = 1,
+        methods: Any = (),
+        shadow: bool = False,
+        missing_identity: Any = "ip",
+    ) -> Callable[[Any], Any]:
+        """Decorate an endpoint (Starlette, FastAPI, Flask, Django; sync or async) with limits.
+
+        ``key`` is a key function from :mod:`ratelimit.keys` (default: one counter for
+        every caller of the endpoint). Stacked decorators are decided together, all or
+        nothing. The endpoint's signature is left alone: the request comes from the
+        framework's ratelimit middleware. Denied calls get the framework's 429 response
+        with RateLimit headers and a problem+json body::
+
+            @app.get("/items")
+            @limiter.limit("100/minute", key=jwt_subject(jwks_url=JWKS, issuer=ISSUER))
+            async def items(): ...
+        """
+        from .decorators import limit
+
+        return limit(
+            self,
+            rates,
+            key,
+            name=name,
+            cost=cost,
+            methods=methods,
+            shadow=shadow,
+            missing_identity=missing_identity,
+        )
+
     def close(self) -> None:
         """Release the backend's sync connections."""
         self.backend.close()

@@ -1,0 +1,41 @@
+"""The request being served, as the middleware saw it, for route decorators to use.
+
+HTTP middlewares (ASGI, WSGI, Django) set :data:`current` for the duration of a request
+so that ``@limiter.limit(...)`` on an endpoint can find the request without the
+endpoint having to take a ``request`` parameter, answer in the framework's own
+response type, and hand headers back for the middleware to add to the response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from .enforce import Outcome
+from .request import RequestInfo
+
+__all__ = ["RequestContext", "current"]
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One request in flight.
+
+    Attributes:
+        request: the neutral request.
+        render: turns a deny/reject :class:`~ratelimit.enforce.Outcome` into the
+            framework's native response (what an endpoint may return).
+        headers: header fields that decorators add; the middleware appends them to
+            the response it sends.
+        framework: ``"asgi"``, ``"wsgi"`` or ``"django"``, for error messages.
+    """
+
+    request: RequestInfo
+    render: Callable[[Outcome], Any]
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    framework: str = "asgi"
+
+
+current: ContextVar[RequestContext | None] = ContextVar("ratelimit_request", default=None)

@@ -1,0 +1,221 @@
+"""Rules + limiter -> what to do with a request. Adapters only translate this outcome.
+
+Every adapter (ASGI, WSGI, gRPC, decorators) calls :meth:`Enforcer.check` or
+:meth:`Enforcer.acheck` with a :class:`~ratelimit.request.RequestInfo` and renders the
+:class:`Outcome`: pass on (adding ``headers``), answer 429, or answer 401.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._decision import Decision
+from .headers import policy_name, problem_body, rate_limit_headers
+from .keys import resolve, resolve_async
+from .limiter import Limiter
+from .metrics import NullMetrics
+from .request import RequestInfo
+from .rules import Rule
+
+__all__ = ["Enforcer", "MissingIdentity", "Outcome"]
+
+MissingIdentity = Literal["ip", "anonymous", "reject"]
+log = logging.getLogger("ratelimit")
+
+_UNAUTHENTICATED = (
+    b'{"type":"about:blank","title":"Unauthorized","status":401,'
+    b'"detail":"This endpoint is rate limited per identity and the request carries none."}'
+)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What to do with a request.
+
+    ``action`` is ``"allow"`` (pass on, adding ``headers``), ``"deny"`` (answer
+    ``status`` 429 with ``headers`` and ``body``), ``"reject"`` (401: no identity and
+    the policy says so) or ``"skip"`` (no rule applied).
+    """
+
+    action: Literal["allow", "deny", "reject", "skip"]
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    content_type: str = "application/problem+json"
+    decision: Decision | None = None
+    shadow: Decision | None = None
+    names: tuple[str, ...] = ()
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the request could succeed (0 unless denied)."""
+        return self.decision.retry_after if self.decision is not None and self.action == "deny" else 0.0
+
+
+_SKIP = Outcome("skip")
+
+
+class Enforcer:
+    """Applies rules to requests with one limiter; shared by every adapter.
+
+    Args:
+        limiter: decides.
+        rules: the rules to enforce (each request is checked against those it matches).
+        missing_identity: when a key function finds no identity: ``"ip"`` (count per
+            peer address, the default), ``"anonymous"`` (one shared bucket) or
+            ``"reject"`` (answer 401).
+        headers: add RateLimit headers to allowed responses too (denials always get them).
+        legacy_headers: add ``X-RateLimit-Limit/-Remaining/-Reset`` as well.
+        metrics: a :class:`ratelimit.metrics.Metrics`, or None for none.
+        adapter: the adapter's name in metrics.
+
+    All matching rules are decided together, all or nothing, in one round trip;
+    shadow rules are decided apart (they count but never deny, and never block the
+    enforcing ones from counting).
+    """
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        rules: Iterable[Rule] = (),
+        *,
+        missing_identity: MissingIdentity = "ip",
+        headers: bool = True,
+        legacy_headers: bool = True,
+        metrics: Any = None,
+        adapter: str = "custom",
+    ) -> None:
+        if missing_identity not in ("ip", "anonymous", "reject"):
+            raise ValueError(
+                f"missing_identity must be 'ip', 'anonymous' or 'reject', got {missing_identity!r}"
+            )
+        self.limiter = limiter
+        self.rules = tuple(rules)
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule names must be unique, got {names}")
+        self.missing_identity = missing_identity
+        self.headers = headers
+        self.legacy_headers = legacy_headers
+        self.metrics = metrics if metrics is not None else NullMetrics()
+        self.adapter = adapter
+
+    def matching(self, request: RequestInfo, rules: Sequence[Rule] | None = None) -> list[Rule]:
+        """The rules that apply to ``request``."""
+        return [r for r in (self.rules if rules is None else rules) if r.matches(request)]
+
+    # -- the shared steps (no I/O) -------------------------------------------------
+
+    def _identity(self, rule: Rule, identity: str | None, request: RequestInfo) -> str | None:
+        if identity is not None:
+            return identity
+        if self.missing_identity == "ip":
+            return f"ip:{request.client}" if request.client else "anonymous"
+        if self.missing_identity == "anonymous":
+            return "anonymous"
+        return None
+
+    def _items(
+        self, rules: Sequence[Rule], identities: Sequence[str | None], request: RequestInfo
+    ) -> tuple[list[tuple[str, Any, int]], list[tuple[str, Any, int]], list[str], list[str]] | None:
+        items: list[tuple[str, Any, int]] = []
+        shadow_items: list[tuple[str, Any, int]] = []
+        rule_of: list[str] = []
+        shadow_rule_of: list[str] = []
+        for rule, raw in zip(rules, identities, strict=True):
+            identity = self._identity(rule, raw, request)
+            if identity is None:
+                return None
+            try:
+                cost = rule.cost_of(request)
+            except Exception:
+                log.exception("cost function of rule %r failed; charging 1", rule.name)
+                cost = 1
+            target, names = (shadow_items, shadow_rule_of) if rule.shadow else (items, rule_of)
+            for rate in rule.rates:
+                target.append((f"{rule.name}:{identity}", rate, cost))
+                names.append(rule.name)
+        return items, shadow_items, rule_of, shadow_rule_of
+
+    def _outcome(
+        self,
+        decision: Decision | None,
+        rule_of: list[str],
+        shadow: Decision | None,
+        shadow_rule_of: list[str],
+    ) -> Outcome:
+        metrics, adapter = self.metrics, self.adapter
+        if shadow is not None:
+            for name in dict.fromkeys(shadow_rule_of):
+                metrics.decision(name, "shadow" if not shadow.allowed else "allowed", adapter)
+        if decision is None:
+            # Only shadow rules applied: headers describe them, nothing is denied.
+            if shadow is None:
+                return _SKIP
+            decision, rule_of = shadow, shadow_rule_of
+            names = _names(rule_of, decision)
+            hdrs = rate_limit_headers(decision, names, legacy=self.legacy_headers) if self.headers else []
+            return Outcome(
+                "allow",
+                headers=[h for h in hdrs if h[0] != "Retry-After"],
+                decision=decision,
+                shadow=shadow,
+                names=names,
+            )
+        result = "fallback" if decision.fallback else ("allowed" if decision.allowed else "denied")
+        for name in dict.fromkeys(rule_of):
+            metrics.decision(name, result, adapter)
+        names = _names(rule_of, decision)
+        if decision.allowed:
+            hdrs = rate_limit_headers(decision, names, legacy=self.legacy_headers) if self.headers else []
+            return Outcome("allow", headers=hdrs, decision=decision, shadow=shadow, names=names)
+        hdrs = rate_limit_headers(decision, names, legacy=self.legacy_headers)
+        return Outcome(
+            "deny", 429, hdrs, problem_body(decision, names), decision=decision, shadow=shadow, names=names
+        )
+
+    def _reject(self, rules: Sequence[Rule]) -> Outcome:
+        for rule in rules:
+            self.metrics.decision(rule.name, "unauthenticated", self.adapter)
+        return Outcome("reject", 401, [("WWW-Authenticate", "Bearer")], _UNAUTHENTICATED)
+
+    # -- sync and async: the same steps, with or without await ------------------------
+
+    def check(self, request: RequestInfo, rules: Sequence[Rule] | None = None) -> Outcome:
+        """Decide ``request`` from a sync adapter."""
+        matched = self.matching(request, rules)
+        if not matched:
+            return _SKIP
+        planned = self._items(matched, [resolve(r.key, request) for r in matched], request)
+        if planned is None:
+            return self._reject(matched)
+        items, shadow_items, rule_of, shadow_rule_of = planned
+        decision = self.limiter.hit_many(items) if items else None
+        shadow = self.limiter.hit_many(shadow_items) if shadow_items else None
+        return self._outcome(decision, rule_of, shadow, shadow_rule_of)
+
+    async def acheck(self, request: RequestInfo, rules: Sequence[Rule] | None = None) -> Outcome:
+        """Decide ``request`` from an asyncio adapter."""
+        matched = self.matching(request, rules)
+        if not matched:
+            return _SKIP
+        planned = self._items(matched, [await resolve_async(r.key, request) for r in matched], request)
+        if planned is None:
+            return self._reject(matched)
+        items, shadow_items, rule_of, shadow_rule_of = planned
+        decision = await self.limiter.ahit_many(items) if items else None
+        shadow = await self.limiter.ahit_many(shadow_items) if shadow_items else None
+        return self._outcome(decision, rule_of, shadow, shadow_rule_of)
+
+
+def _names(rule_of: Sequence[str], decision: Decision) -> tuple[str, ...]:
+    counts: dict[str, int] = {}
+    for name in rule_of:
+        counts[name] = counts.get(name, 0) + 1
+    return tuple(
+        policy_name(name, status, counts[name] > 1)
+        for name, status in zip(rule_of, decision.limits, strict=True)
+    )

@@ -1,0 +1,82 @@
+"""The neutral request every adapter translates into: what rules and key functions read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Headers", "RequestInfo"]
+
+
+class Headers:
+    """Read-only, case-insensitive, multi-valued request headers (or gRPC metadata).
+
+    Built without copying from what each server hands over: ASGI ``(bytes, bytes)``
+    pairs, a WSGI environ, or gRPC metadata ``(str, str | bytes)`` pairs. Values are
+    decoded as latin-1 (HTTP's byte-preserving choice); binary gRPC metadata (``-bin``
+    keys) is skipped.
+    """
+
+    __slots__ = ("_environ", "_pairs")
+
+    def __init__(self, pairs: Iterable[tuple[str | bytes, str | bytes]] = ()) -> None:
+        self._pairs = list(pairs)
+        self._environ: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, Any]) -> Headers:
+        """Headers of a WSGI request."""
+        h = cls()
+        h._environ = environ
+        return h
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of header ``name``, in order."""
+        lname = name.lower()
+        if self._environ is not None:
+            key = "HTTP_" + lname.upper().replace("-", "_")
+            if lname == "content-type":
+                key = "CONTENT_TYPE"
+            value = self._environ.get(key)
+            return [value] if isinstance(value, str) else []
+        out = []
+        bname = lname.encode("latin-1", "replace")
+        for k, v in self._pairs:
+            if isinstance(k, bytes):
+                if k.lower() == bname:
+                    out.append(v.decode("latin-1") if isinstance(v, bytes) else v)
+            elif k.lower() == lname and isinstance(v, str):
+                out.append(v)
+        return out
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header ``name``, or ``default``."""
+        found = self.get_all(name)
+        return found[0] if found else default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self.get_all(name))
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What a rate limit rule may look at, whatever the protocol.
+
+    Attributes:
+        protocol: ``"http"``, ``"websocket"`` or ``"grpc"``.
+        method: the HTTP method (``"GET"``); gRPC calls are ``"POST"``.
+        path: the URL path, or the gRPC full method ``"/pkg.Service/Method"``.
+        headers: request headers, or gRPC invocation metadata.
+        client: the immediate peer's IP address (not X-Forwarded-For), if known.
+        host: the Host header or :authority, if known.
+        native: the server's own object (ASGI scope, WSGI environ, gRPC context).
+    """
+
+    protocol: str
+    method: str
+    path: str
+    headers: Headers
+    client: str | None = None
+    host: str | None = None
+    native: Any = None

@@ -1,0 +1,132 @@
+"""Rules: which requests a limit applies to, what it is counted per, and how much it costs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._rate import Rate, RateLike, parse_rates
+from .keys import constant
+from .request import RequestInfo
+
+__all__ = ["Rule", "compile_path"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def compile_path(pattern: str) -> re.Pattern[str]:
+    """Compile a path pattern.
+
+    - ``/items`` matches exactly; ``/items/*`` one more segment; ``/api/**`` anything below.
+    - ``{name}`` matches one segment (``/users/{id}/orders``).
+    - gRPC: ``/shop.Cart/GetCart``, ``/shop.Cart/*`` (every method), ``/shop.*/*``.
+    - ``re:`` followed by a regular expression, matched against the whole path.
+    """
+    if pattern.startswith("re:"):
+        return re.compile(pattern[3:])
+    if not pattern.startswith("/"):
+        raise ValueError(f"a path pattern starts with '/' (or 're:'), got {pattern!r}")
+    out = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("/**", i) and i + 3 == len(pattern):
+            out.append("(?:/.*)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif ch == "*":
+            out.append("[^/]*")
+            i += 1
+        elif ch == "{":
+            end = pattern.find("}", i)
+            if end < 0:
+                raise ValueError(f"unclosed '{{' in path pattern {pattern!r}")
+            out.append("[^/]+")
+            i = end + 1
+        else:
+            out.append(re.escape(ch))
+            i += 1
+    return re.compile("".join(out))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named limit: which requests (paths, methods), per what (key), how many (rates).
+
+    Args:
+        name: names the policy in headers and metrics, and namespaces the counters
+            (letters, digits, ``.``, ``_``, ``-``; at most 64).
+        rates: one rate, a ``";"``-separated string, or a list (all must allow).
+        key: the key function (default: one counter shared by every request).
+        paths: path patterns (see :func:`compile_path`); empty means every path.
+        methods: HTTP methods; empty means every method.
+        cost: hits charged per request, or a function of the request.
+        shadow: count, report and emit headers, but never deny.
+    """
+
+    name: str
+    rates: tuple[Rate, ...]
+    key: Any = field(default_factory=constant)
+    paths: tuple[str, ...] = ()
+    methods: frozenset[str] = frozenset()
+    cost: int | Callable[[RequestInfo], int] = 1
+    shadow: bool = False
+    _patterns: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ValueError(f"rule name must match {_NAME.pattern}, got {self.name!r}")
+        object.__setattr__(self, "rates", parse_rates(self.rates))
+        paths = (self.paths,) if isinstance(self.paths, str) else tuple(self.paths)
+        object.__setattr__(self, "paths", paths)
+        object.__setattr__(self, "_patterns", tuple(compile_path(p) for p in paths))
+        methods = (self.methods,) if isinstance(self.methods, str) else self.methods
+        object.__setattr__(self, "methods", frozenset(m.upper() for m in methods))
+        if not callable(self.key):
+            raise TypeError(f"rule {self.name!r}: key must be a key function, got {self.key!r}")
+        if not callable(self.cost) and (
+            isinstance(self.cost, bool) or not isinstance(self.cost, int) or self.cost < 0
+        ):
+            raise ValueError(f"rule {self.name!r}: cost must be an integer >= 0 or a function")
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        rates: RateLike | Sequence[RateLike],
+        key: Any = None,
+        *,
+        paths: str | Iterable[str] = (),
+        methods: str | Iterable[str] = (),
+        cost: int | Callable[[RequestInfo], int] = 1,
+        shadow: bool = False,
+    ) -> Rule:
+        """Build a rule from loose arguments: ``Rule.of("per-user", "10/second", jwt_subject(...))``."""
+        return cls(
+            name,
+            rates,  # type: ignore[arg-type]
+            key if key is not None else constant(),
+            tuple([paths] if isinstance(paths, str) else paths),
+            frozenset([methods] if isinstance(methods, str) else methods),
+            cost,
+            shadow,
+        )
+
+    def matches(self, request: RequestInfo) -> bool:
+        """Does this rule apply to ``request``?"""
+        if self.methods and request.method.upper() not in self.methods:
+            return False
+        return not self._patterns or any(p.fullmatch(request.path) for p in self._patterns)
+
+    def cost_of(self, request: RequestInfo) -> int:
+        """What ``request`` costs under this rule (a bad cost function's answer costs 1)."""
+        if not callable(self.cost):
+            return self.cost
+        value = self.cost(request)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return 1
+        return value
