@@ -62,6 +62,7 @@ class Decision:
         "_make_limits",
         "allowed",
         "fallback",
+        "from_cache",
         "limit",
         "remaining",
         "reset_after",
@@ -84,6 +85,7 @@ class Decision:
         self.reset_after = reset_after
         self.retry_after = retry_after
         self.fallback = fallback
+        self.from_cache = False  # answered by the deny cache, without the backend
         self._limits = limits
         self._make_limits: Callable[[], tuple[LimitStatus, ...]] | None = None
 

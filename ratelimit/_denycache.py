@@ -58,6 +58,7 @@ class DenyCache:
             max(0.0, decision.reset_after - age),
             max(0.0, decision.retry_after - age),
         )
+        fresh.from_cache = True
         fresh._make_limits = lambda: tuple(
             replace(
                 s,

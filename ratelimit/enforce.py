@@ -168,6 +168,8 @@ class Enforcer:
         result = "fallback" if decision.fallback else ("allowed" if decision.allowed else "denied")
         for name in dict.fromkeys(rule_of):
             metrics.decision(name, result, adapter)
+            if decision.from_cache:
+                metrics.deny_cache_hit(name)
         names = _names(rule_of, decision)
         if decision.allowed:
             hdrs = rate_limit_headers(decision, names, legacy=self.legacy_headers) if self.headers else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from time import perf_counter
 from types import TracebackType
 from typing import Any
 
@@ -42,6 +43,8 @@ class Limiter:
         clock: a ``time.time``-like function for the memory backend (tests).
         max_keys: the memory backend's cap on counters.
         coalesce: batch concurrent asyncio checks into shared Redis calls.
+        metrics: a :class:`ratelimit.metrics.Metrics` to report backend latency and
+            errors to (decisions per rule are reported by the adapters).
 
     Example::
 
@@ -64,6 +67,7 @@ class Limiter:
         clock: Callable[[], float] | None = None,
         max_keys: int = DEFAULT_MAX_KEYS,
         coalesce: bool = True,
+        metrics: Any = None,
     ) -> None:
         if failure_mode not in FAILURE_MODES:
             raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, got {failure_mode!r}")
@@ -80,6 +84,7 @@ class Limiter:
             DenyCache() if (remote if deny_cache is None else deny_cache) else None
         )
         self._plans: dict[tuple[Any, ...], Plan] = {}
+        self.metrics = metrics
 
     def __repr__(self) -> str:
         return f"Limiter({self.backend!r}, failure_mode={self.failure_mode!r})"
@@ -124,6 +129,8 @@ class Limiter:
     def _fallback(self, plan: Plan, error: BaseException | None) -> Decision:
         if error is not None:
             self._breaker.failure(error)
+            if self.metrics is not None:
+                self.metrics.backend_error(self.backend.name, _error_kind(error))
         if self._local is not None:
             return decide(plan, *self._local.evaluate(plan)).replace(fallback=True)
         if self.failure_mode == "closed":
@@ -144,10 +151,13 @@ class Limiter:
                 return cached
         if not self._breaker.allow():
             return self._fallback(plan, None)
+        started = perf_counter() if self.metrics is not None else 0.0
         try:
             raw = self.backend.evaluate(plan)
         except BackendError as exc:
             return self._fallback(plan, exc)
+        if self.metrics is not None:
+            self.metrics.backend_latency(self.backend.name, perf_counter() - started)
         return self._finish(plan, raw)
 
     def hit(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
@@ -242,10 +252,13 @@ class Limiter:
                 return cached
         if not self._breaker.allow():
             return self._fallback(plan, None)
+        started = perf_counter() if self.metrics is not None else 0.0
         try:
             raw = await self.backend.aevaluate(plan)
         except BackendError as exc:
             return self._fallback(plan, exc)
+        if self.metrics is not None:
+            self.metrics.backend_latency(self.backend.name, perf_counter() - started)
         return self._finish(plan, raw)
 
     async def ahit(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
@@ -282,6 +295,15 @@ class Limiter:
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+def _error_kind(error: BaseException) -> str:
+    if "Timeout" in type(error).__name__:
+        return "timeout"
+    cause = error.__cause__
+    if isinstance(cause, (ConnectionError, OSError)) or "Connection" in type(cause).__name__:
+        return "connection"
+    return "other"
 
 
 def _make_backend(

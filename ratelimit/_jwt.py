@@ -1,0 +1,281 @@
+"""Verified JWT identities: only a token that passes every check may name who is limited.
+
+A forged, expired, ``alg: none`` or malformed token yields ``None`` and must be treated
+as anonymous; it never counts as the subject it claims.
+
+    verifier = JWTVerifier(jwks_url="https://idp.example/.well-known/jwks.json",
+                           issuer="https://idp.example", audience="orders")
+    claims = verifier.verify(bearer_token(headers.get("authorization")) or "")
+    identity = claims["sub"] if claims else client_ip
+
+Needs PyJWT with cryptography (``pip install 'ambient-ratelimit[jwt]'``), imported lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import re
+import urllib.parse
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._jwks import ALGORITHM_FAMILIES, HMAC_MIN_BYTES, JWKSCache, VerificationKey, load_keys
+
+if TYPE_CHECKING:
+    from jwt.types import Options
+
+__all__ = ["MAX_TOKEN_LENGTH", "JWTVerifier", "bearer_token"]
+
+log = logging.getLogger("ratelimit")
+
+MAX_TOKEN_LENGTH = 16 * 1024
+"""Longer tokens are rejected before any parsing."""
+
+_BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
+
+
+class _Need(enum.Enum):
+    FETCH = enum.auto()  # a JWKS fetch may help: retry with may_fetch=True (in a thread)
+    OTHER_KEY = enum.auto()  # the signature does not match this key: try the next one
+
+
+def _import_jwt() -> None:
+    try:
+        import cryptography  # noqa: F401
+        import jwt  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "JWT verification needs PyJWT with cryptography: pip install 'ambient-ratelimit[jwt]'"
+        ) from exc
+
+
+def _strings(value: str | Sequence[str] | None, name: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    if not items or not all(isinstance(item, str) and item for item in items):
+        raise ValueError(f"{name} must be a non-empty string or a sequence of them")
+    return items
+
+
+def _well_typed(claims: dict[str, Any]) -> bool:
+    # PyJWT int()s time claims, so "exp": "99999999999" or true would otherwise pass.
+    for name in ("exp", "nbf", "iat"):
+        value = claims.get(name)
+        if name in claims and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            return False
+    aud = claims.get("aud")
+    if "aud" in claims and not (
+        isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
+    ):
+        return False
+    return all(isinstance(claims[name], str) for name in ("iss", "sub", "jti") if name in claims)
+
+
+class JWTVerifier:
+    """Verifies JWTs against a JWKS URL or configured keys; ``None`` for every invalid token.
+
+    Args:
+        jwks_url: the IdP's JWKS endpoint, fetched lazily on first use and cached.
+        key: a PEM public key (str/bytes), a JWK dict, a JWKS dict, or a list of those; a
+            non-PEM str/bytes is an HMAC secret, allowed only if HS* is in ``algorithms``.
+        algorithms: the accepted header ``alg`` values. ``none`` is always refused; HS*
+            must be listed explicitly and needs ``key`` (never a JWKS URL).
+        issuer: accepted ``iss`` value(s); unchecked when ``None``.
+        audience: accepted ``aud`` value(s) (one match suffices); unchecked when ``None``.
+        leeway: seconds of clock skew tolerated for ``exp``, ``nbf`` and ``iat``.
+        require: claims that must be present (``exp``, ``nbf``, ``iat`` are always checked
+            when present).
+        jwks_ttl: seconds before the JWKS is fetched again.
+        jwks_min_refresh_interval: minimum seconds between fetch attempts; an unknown
+            ``kid`` refreshes only this often, so random kids cannot hammer the IdP.
+        fetch_timeout: seconds allowed for connecting to and reading the JWKS.
+        verify: ``False`` DANGEROUSLY skips the signature check. Only for tokens already
+            verified upstream (an Istio waypoint with ``RequestAuthentication`` and
+            ``forwardOriginalToken: true``) on a path no client can reach directly: any
+            client can otherwise claim any identity. Malformed tokens, ``exp``/``nbf``,
+            ``require``, issuer and audience are still checked. Takes no key.
+    """
+
+    def __init__(
+        self,
+        *,
+        jwks_url: str | None = None,
+        key: str | bytes | dict[str, Any] | Sequence[str | bytes | dict[str, Any]] | None = None,
+        algorithms: Sequence[str] = ("RS256", "ES256", "PS256", "EdDSA"),
+        issuer: str | Sequence[str] | None = None,
+        audience: str | Sequence[str] | None = None,
+        leeway: float = 0.0,
+        require: Sequence[str] = ("exp",),
+        jwks_ttl: float = 300.0,
+        jwks_min_refresh_interval: float = 10.0,
+        fetch_timeout: float = 2.0,
+        verify: bool = True,
+    ) -> None:
+        _import_jwt()
+        algs = _strings(algorithms, "algorithms") or []
+        if any(alg.lower() == "none" for alg in algs):
+            raise ValueError("algorithm 'none' is never accepted")
+        unknown = sorted(set(algs) - set(ALGORITHM_FAMILIES))
+        if unknown:
+            raise ValueError(f"unsupported algorithm(s) {unknown}; choose from {sorted(ALGORITHM_FAMILIES)}")
+        hmac_algs = [alg for alg in algs if alg in HMAC_MIN_BYTES]
+        if min(leeway, jwks_ttl, jwks_min_refresh_interval) < 0 or fetch_timeout <= 0:
+            raise ValueError("leeway, jwks_ttl and jwks_min_refresh_interval must be >= 0, fetch_timeout > 0")
+
+        self._algorithms = frozenset(algs)
+        self._verify_signature = verify
+        self._static_keys: list[VerificationKey] = []
+        self._jwks: JWKSCache | None = None
+        if not verify:
+            if jwks_url is not None or key is not None:
+                raise ValueError("verify=False checks no signature: pass neither jwks_url nor key")
+            log.warning(
+                "JWTVerifier(verify=False): token signatures are NOT verified; any client that can "
+                "reach this service directly can claim any identity"
+            )
+        elif (jwks_url is None) == (key is None):
+            raise ValueError("pass exactly one of jwks_url or key")
+        elif jwks_url is not None:
+            if urllib.parse.urlsplit(jwks_url).scheme not in ("http", "https"):
+                raise ValueError(f"jwks_url must be http(s), got {jwks_url!r}")
+            if hmac_algs:
+                raise ValueError("HS* algorithms need a shared secret `key`, never a JWKS URL")
+            self._jwks = JWKSCache(
+                jwks_url, ttl=jwks_ttl, min_refresh_interval=jwks_min_refresh_interval, timeout=fetch_timeout
+            )
+        else:
+            self._static_keys = load_keys(key, secret_ok=bool(hmac_algs))
+            self._check_static_keys(hmac_algs)
+
+        self._issuer = _strings(issuer, "issuer")
+        self._audience = _strings(audience, "audience")
+        self._leeway = leeway
+        self._options: Options = {
+            "verify_signature": verify,
+            "verify_exp": True,
+            "verify_nbf": True,
+            "verify_iat": True,
+            # PyJWT rejects any token carrying "aud" when no audience is given; we skip instead.
+            "verify_aud": self._audience is not None,
+            "verify_iss": self._issuer is not None,
+            "verify_sub": True,
+            "verify_jti": True,
+            "require": (_strings(require, "require") or []) if require else [],
+            "enforce_minimum_key_length": True,
+        }
+
+    def _check_static_keys(self, hmac_algs: list[str]) -> None:
+        usable = [k for k in self._static_keys if any(k.fits(alg) for alg in self._algorithms)]
+        if not usable:
+            raise ValueError(f"no configured key fits any of the algorithms {sorted(self._algorithms)}")
+        secrets = [k for k in self._static_keys if k.family == "oct"]
+        if hmac_algs and not secrets:
+            raise ValueError("HS* algorithms need a shared secret key (an asymmetric key is never one)")
+        needed = max((HMAC_MIN_BYTES[alg] for alg in hmac_algs), default=0)
+        if any(len(k.key) < needed for k in secrets):
+            raise ValueError(f"HMAC secrets must be at least {needed} bytes for {sorted(hmac_algs)}")
+
+    def verify(self, token: str) -> dict[str, Any] | None:
+        """The claims of a valid token, else ``None``; never raises for a bad token.
+
+        May fetch the JWKS (blocking, bounded by ``fetch_timeout``); use :meth:`averify`
+        in async code.
+        """
+        result = self._verify(token, may_fetch=True)
+        return None if result is _Need.FETCH else result
+
+    async def averify(self, token: str) -> dict[str, Any] | None:
+        """Like :meth:`verify`, but any JWKS fetch runs in a worker thread.
+
+        Tokens whose keys are cached are verified inline (a signature check, no I/O).
+        """
+        result = self._verify(token, may_fetch=False)
+        if result is _Need.FETCH:
+            result = await asyncio.to_thread(self._verify, token, may_fetch=True)
+        return None if result is _Need.FETCH else result
+
+    def _verify(self, token: str, *, may_fetch: bool) -> dict[str, Any] | Literal[_Need.FETCH] | None:
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH or token.count(".") != 2:
+            return None
+        if not self._verify_signature:
+            unverified = self._decode(token, None, None)
+            return None if unverified is _Need.OTHER_KEY else unverified
+        try:
+            import jwt
+
+            header = jwt.get_unverified_header(token)
+        except Exception:
+            return None
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            return None
+
+        keys = self._static_keys
+        if self._jwks is not None:
+            jwks = self._jwks
+            if jwks.is_stale() and jwks.may_refresh():
+                if not may_fetch:
+                    return _Need.FETCH
+                # With keys in hand, let whoever is already refreshing do it and go on.
+                jwks.refresh(wait=not jwks.keys)
+            keys = jwks.keys
+            if kid is not None and all(k.kid != kid for k in keys) and jwks.may_refresh():
+                if not may_fetch:
+                    return _Need.FETCH
+                jwks.refresh()
+                keys = jwks.keys
+
+        candidates = [k for k in keys if k.kid == kid] if kid is not None else keys
+        if not candidates:
+            candidates = [k for k in keys if k.kid is None]
+        for candidate in candidates:
+            if candidate.fits(alg):
+                claims = self._decode(token, candidate, alg)
+                if claims is not _Need.OTHER_KEY:
+                    return claims
+        return None
+
+    def _decode(
+        self, token: str, key: VerificationKey | None, alg: str | None
+    ) -> dict[str, Any] | Literal[_Need.OTHER_KEY] | None:
+        import jwt
+
+        try:
+            claims = jwt.decode(
+                token,
+                key=key.key if key is not None else "",
+                algorithms=[alg] if alg is not None else None,
+                options=self._options,
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+            )
+        except jwt.InvalidSignatureError:
+            return _Need.OTHER_KEY
+        except Exception as exc:
+            log.debug("JWT rejected: %s", type(exc).__name__)
+            return None
+        return claims if _well_typed(claims) else None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else ``None``.
+
+    The scheme is case-insensitive and surrounding whitespace is ignored; anything but
+    exactly a scheme and one RFC 6750 token gives ``None``.
+
+        >>> bearer_token("  bearer abc.def.ghi ")
+        'abc.def.ghi'
+    """
+    if not isinstance(authorization, str):
+        return None
+    parts = authorization.split()
+    if len(parts) != 2 or parts[0].lower() != "bearer" or not _BEARER.fullmatch(parts[1]):
+        return None
+    return parts[1]
