@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis_servers import (
@@ -81,16 +82,21 @@ def _tmp_dir(factory: pytest.TempPathFactory, name: str) -> Path:
     return factory.mktemp(name, numbered=True)
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One standalone server shared by the whole session; isolate by key prefix."""
+def _running(factory: pytest.TempPathFactory, kind: Any, name: str, stop: str = "kill") -> Iterator[Any]:
+    """Start a server (or topology) of ``kind`` in a fresh directory; always stop it."""
     require_redis_server()
-    server = RedisServer(_tmp_dir(tmp_path_factory, "redis"))
+    server = kind(_tmp_dir(factory, name))
     server.start()
     try:
         yield server
     finally:
-        server.kill()
+        getattr(server, stop)()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One standalone server shared by the whole session; isolate by key prefix."""
+    yield from _running(tmp_path_factory, RedisServer, "redis")
 
 
 @pytest.fixture(scope="session")
@@ -102,58 +108,28 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def fresh_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A dedicated standalone server the test may kill, pause or restart."""
-    require_redis_server()
-    server = RedisServer(_tmp_dir(tmp_path_factory, "fresh-redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+    yield from _running(tmp_path_factory, RedisServer, "fresh-redis")
 
 
 @pytest.fixture(scope="session")
 def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTLSServer]:
     """A TLS-only standalone server; ``.url`` is a verifying ``rediss://`` URL."""
-    require_redis_server()
-    server = RedisTLSServer(_tmp_dir(tmp_path_factory, "redis-tls"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+    yield from _running(tmp_path_factory, RedisTLSServer, "redis-tls")
 
 
 @pytest.fixture(scope="session")
 def redis_acl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisACLServer]:
     """A server with ``requirepass`` and an ACL user; ``.url`` logs in as that user."""
-    require_redis_server()
-    server = RedisACLServer(_tmp_dir(tmp_path_factory, "redis-acl"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+    yield from _running(tmp_path_factory, RedisACLServer, "redis-acl")
 
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """A 3-master Redis Cluster shared by the session; isolate by key prefix."""
-    require_redis_server()
-    cluster = RedisCluster(_tmp_dir(tmp_path_factory, "redis-cluster"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(tmp_path_factory, RedisCluster, "redis-cluster", stop="stop")
 
 
 @pytest.fixture
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
     """A fresh master + replica + sentinel per test (a failover changes the topology)."""
-    require_redis_server()
-    topology = RedisSentinel(_tmp_dir(tmp_path_factory, "redis-sentinel"))
-    topology.start()
-    try:
-        yield topology
-    finally:
-        topology.stop()
+    yield from _running(tmp_path_factory, RedisSentinel, "redis-sentinel", stop="stop")

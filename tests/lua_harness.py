@@ -14,7 +14,7 @@ from ratelimit._keyspace import glob_escape
 from ratelimit._plan import Plan
 from ratelimit._scripts import lua_script
 from ratelimit.backends._codec import decode, encode
-from ratelimit.backends.base import RawResult
+from ratelimit.backends.base import RawResult, SyncBackend
 
 SCRIPT = lua_script("sliding_window")
 
@@ -25,7 +25,7 @@ def run_lua(client: Any, plans: Sequence[Plan], now_us: int) -> list[RawResult]:
     return decode(client.eval(SCRIPT.source, len(keys), *keys, *argv), plans)
 
 
-class LuaClockBackend:
+class LuaClockBackend(SyncBackend):
     """A Backend running the real Lua on ``client`` at the time ``clock()`` says."""
 
     name = "lua-clock"
@@ -40,20 +40,8 @@ class LuaClockBackend:
     def evaluate(self, plan: Plan) -> RawResult:
         return run_lua(self.client, [plan], self.now_us())[0]
 
-    async def aevaluate(self, plan: Plan) -> RawResult:
-        return self.evaluate(plan)
-
     def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
         found = set(keys)
         for prefix in prefixes:
             found.update(k.decode() for k in self.client.scan_iter(match=glob_escape(prefix) + "*"))
         return sum(int(self.client.delete(k)) for k in found)
-
-    async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
-        return self.delete(keys, prefixes)
-
-    def close(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass

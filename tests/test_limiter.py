@@ -13,7 +13,7 @@ from ratelimit import BackendError, Decision, Limiter
 from ratelimit._denycache import DenyCache
 from ratelimit._failure import CircuitBreaker
 from ratelimit._plan import Plan
-from ratelimit.backends.base import Backend, RawResult
+from ratelimit.backends.base import Backend, RawResult, SyncBackend
 from ratelimit.backends.memory import MemoryBackend
 from ratelimit.testing import FakeClock
 
@@ -100,7 +100,7 @@ def test_expired_counters_are_evicted_first() -> None:
     assert limiter.hit("c", "1/minute").allowed is False  # c survived
 
 
-class FlakyBackend:
+class FlakyBackend(SyncBackend):
     """A backend that fails while ``broken`` is set and counts its calls."""
 
     name = "flaky"
@@ -116,20 +116,8 @@ class FlakyBackend:
             raise BackendError("connection refused")
         return self.inner.evaluate(plan)
 
-    async def aevaluate(self, plan: Plan) -> RawResult:
-        return self.evaluate(plan)
-
     def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
         return self.inner.delete(keys, prefixes)
-
-    async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
-        return self.delete(keys, prefixes)
-
-    def close(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
 
 
 def test_flaky_backend_is_a_backend() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Backend, BackendError, RawResult
+from .base import Backend, BackendError, RawResult, SyncBackend
 from .memory import MemoryBackend
 
-__all__ = ["Backend", "BackendError", "MemoryBackend", "RawResult"]
+__all__ = ["Backend", "BackendError", "MemoryBackend", "RawResult", "SyncBackend"]

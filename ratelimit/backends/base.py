@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from .._plan import Plan
 
-__all__ = ["Backend", "BackendError", "RawResult"]
+__all__ = ["Backend", "BackendError", "RawResult", "SyncBackend"]
 
 # (allowed, server time in microseconds per counter, flat [p, c, ...] per counter)
 RawResult = tuple[bool, Sequence[int], Sequence[int]]
@@ -39,3 +39,34 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class SyncBackend:
+    """Base for backends without I/O to await: the async twins call the sync methods.
+
+    Subclasses implement ``evaluate`` and ``delete`` (and ``close`` if they hold
+    resources); this is how the memory backend is built.
+    """
+
+    name = "sync"
+
+    def evaluate(self, plan: Plan) -> RawResult:
+        raise NotImplementedError
+
+    def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
+        raise NotImplementedError
+
+    async def aevaluate(self, plan: Plan) -> RawResult:
+        """Same as :meth:`evaluate`."""
+        return self.evaluate(plan)
+
+    async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
+        """Same as :meth:`delete`."""
+        return self.delete(keys, prefixes)
+
+    def close(self) -> None:
+        """Nothing to release by default."""
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`."""
+        self.close()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from .._plan import Plan
 from .._window import run_one
-from .base import RawResult
+from .base import RawResult, SyncBackend
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryBackend"]
 
@@ -64,7 +64,7 @@ class _BoundedStore:
                 return
 
 
-class MemoryBackend:
+class MemoryBackend(SyncBackend):
     """Counters in this process: thread-safe, asyncio-safe, same math as the Lua.
 
     Args:
@@ -108,10 +108,6 @@ class MemoryBackend:
             allowed, counts = run_one(store, now, plan.commit, plan.keys, plan.args)
         return allowed, (now,) * len(plan.keys), counts
 
-    async def aevaluate(self, plan: Plan) -> RawResult:
-        """Same as :meth:`evaluate`: no I/O, so nothing to await."""
-        return self.evaluate(plan)
-
     def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
         """Remove counters by key and by key prefix; returns how many went."""
         with self._lock:
@@ -123,13 +119,3 @@ class MemoryBackend:
             for key in gone:
                 del data[key]
             return len(gone)
-
-    async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
-        """Same as :meth:`delete`."""
-        return self.delete(keys, prefixes)
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
