@@ -136,7 +136,8 @@ class Enforcer:
                 cost = 1
             target, names = (shadow_items, shadow_rule_of) if rule.shadow else (items, rule_of)
             for rate in rule.rates:
-                target.append((f"{rule.name}:{identity}", rate, cost))
+                # Rule names cannot contain "/", so the first "/" separates them unambiguously.
+                target.append((f"{rule.name}/{identity}", rate, cost))
                 names.append(rule.name)
         return items, shadow_items, rule_of, shadow_rule_of
 

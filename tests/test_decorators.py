@@ -56,7 +56,7 @@ async def test_stacked_async_decorators_are_all_or_nothing() -> None:
     finally:
         current.reset(token)
     assert denied[1] == 429
-    assert limiter.peek("wide:alice", "100/minute").remaining == 99
+    assert limiter.peek("wide/alice", "100/minute").remaining == 99
     assert [r.name for r in items.__ratelimit_rules__] == ["wide", "narrow"]  # type: ignore[attr-defined]
 
 
