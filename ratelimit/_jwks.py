@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -233,15 +234,16 @@ class JWKSCache:
             # Re-checked under the lock: whoever waited for the fetch in flight is done.
             if not self.may_refresh():
                 return
-            self._last_attempt = self._clock()
             try:
-                keys = parse_jwks(self._fetch(), strict=False)
+                self._state = (parse_jwks(self._fetch(), strict=False), self._clock())
             except Exception as exc:  # network, HTTP status, JSON, key material: all the same
                 log.warning(
                     "JWKS fetch from %s failed, keeping %d cached key(s): %s", self.url, len(self.keys), exc
                 )
-                return
-            self._state = (keys, self._clock())
+            finally:
+                # Stamped when the attempt ends, so callers arriving mid-fetch still ask to
+                # refresh, queue on the lock and then find the fresh keys.
+                self._last_attempt = self._clock()
         finally:
             self._lock.release()
 
@@ -251,7 +253,12 @@ class JWKSCache:
             self.url, headers={"Accept": "application/json", "User-Agent": "ambient-ratelimit"}
         )
         body = bytearray()
-        with urllib.request.urlopen(request, timeout=self._timeout) as response:
+        try:
+            response = urllib.request.urlopen(request, timeout=self._timeout)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the response body open
+            raise ValueError(f"HTTP {exc.code}") from None
+        with response:
             while chunk := response.read1(65536):
                 body += chunk
                 if len(body) > MAX_JWKS_BYTES:

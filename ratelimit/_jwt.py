@@ -18,8 +18,9 @@ import enum
 import logging
 import math
 import re
+import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._jwks import ALGORITHM_FAMILIES, HMAC_MIN_BYTES, JWKSCache, VerificationKey, load_keys
@@ -66,7 +67,9 @@ def _well_typed(claims: dict[str, Any]) -> bool:
     for name in ("exp", "nbf", "iat"):
         value = claims.get(name)
         if name in claims and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value))
         ):
             return False
     aud = claims.get("aud")
@@ -100,6 +103,8 @@ class JWTVerifier:
             ``forwardOriginalToken: true``) on a path no client can reach directly: any
             client can otherwise claim any identity. Malformed tokens, ``exp``/``nbf``,
             ``require``, issuer and audience are still checked. Takes no key.
+        clock: monotonic seconds for the JWKS cache timings (tests); token times
+            (``exp``, ``nbf``, ``iat``) are always checked against the wall clock.
     """
 
     def __init__(
@@ -116,6 +121,7 @@ class JWTVerifier:
         jwks_min_refresh_interval: float = 10.0,
         fetch_timeout: float = 2.0,
         verify: bool = True,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         _import_jwt()
         algs = _strings(algorithms, "algorithms") or []
@@ -147,7 +153,11 @@ class JWTVerifier:
             if hmac_algs:
                 raise ValueError("HS* algorithms need a shared secret `key`, never a JWKS URL")
             self._jwks = JWKSCache(
-                jwks_url, ttl=jwks_ttl, min_refresh_interval=jwks_min_refresh_interval, timeout=fetch_timeout
+                jwks_url,
+                ttl=jwks_ttl,
+                min_refresh_interval=jwks_min_refresh_interval,
+                timeout=fetch_timeout,
+                clock=clock or time.monotonic,
             )
         else:
             self._static_keys = load_keys(key, secret_ok=bool(hmac_algs))
@@ -203,9 +213,6 @@ class JWTVerifier:
     def _verify(self, token: str, *, may_fetch: bool) -> dict[str, Any] | Literal[_Need.FETCH] | None:
         if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH or token.count(".") != 2:
             return None
-        if not self._verify_signature:
-            unverified = self._decode(token, None, None)
-            return None if unverified is _Need.OTHER_KEY else unverified
         try:
             import jwt
 
@@ -213,7 +220,12 @@ class JWTVerifier:
         except Exception:
             return None
         alg, kid = header.get("alg"), header.get("kid")
-        if not isinstance(alg, str) or alg not in self._algorithms:
+        if not isinstance(alg, str):
+            return None
+        if not self._verify_signature:
+            unverified = self._decode(token, None, None)
+            return None if unverified is _Need.OTHER_KEY else unverified
+        if alg not in self._algorithms:
             return None
 
         keys = self._static_keys
@@ -256,12 +268,12 @@ class JWTVerifier:
                 audience=self._audience,
                 leeway=self._leeway,
             )
+            return claims if _well_typed(claims) else None
         except jwt.InvalidSignatureError:
             return _Need.OTHER_KEY
-        except Exception as exc:
+        except Exception as exc:  # whatever a hostile token provokes, it is only ever a rejection
             log.debug("JWT rejected: %s", type(exc).__name__)
             return None
-        return claims if _well_typed(claims) else None
 
 
 def bearer_token(authorization: str | None) -> str | None:
