@@ -55,9 +55,6 @@ class Outcome:
         return self.decision.retry_after if self.decision is not None and self.action == "deny" else 0.0
 
 
-_SKIP = Outcome("skip")
-
-
 class Enforcer:
     """Applies rules to requests with one limiter; shared by every adapter.
 
@@ -155,7 +152,7 @@ class Enforcer:
         if decision is None:
             # Only shadow rules applied: headers describe them, nothing is denied.
             if shadow is None:
-                return _SKIP
+                return Outcome("skip")
             decision, rule_of = shadow, shadow_rule_of
             names = _names(rule_of, decision)
             hdrs = rate_limit_headers(decision, names, legacy=self.legacy_headers) if self.headers else []
@@ -191,8 +188,8 @@ class Enforcer:
         """Decide ``request`` from a sync adapter."""
         matched = self.matching(request, rules)
         if not matched:
-            return _SKIP
-        planned = self._items(matched, [resolve(r.key, request) for r in matched], request)
+            return Outcome("skip")
+        planned = self._items(matched, [_safely(resolve, r, request) for r in matched], request)
         if planned is None:
             return self._reject(matched)
         items, shadow_items, rule_of, shadow_rule_of = planned
@@ -204,14 +201,34 @@ class Enforcer:
         """Decide ``request`` from an asyncio adapter."""
         matched = self.matching(request, rules)
         if not matched:
-            return _SKIP
-        planned = self._items(matched, [await resolve_async(r.key, request) for r in matched], request)
+            return Outcome("skip")
+        identities = []
+        for rule in matched:
+            try:
+                identities.append(await resolve_async(rule.key, request))
+            except Exception:
+                log.exception("key function of rule %r failed; treating the identity as missing", rule.name)
+                identities.append(None)
+        planned = self._items(matched, identities, request)
         if planned is None:
             return self._reject(matched)
         items, shadow_items, rule_of, shadow_rule_of = planned
         decision = await self.limiter.ahit_many(items) if items else None
         shadow = await self.limiter.ahit_many(shadow_items) if shadow_items else None
         return self._outcome(decision, rule_of, shadow, shadow_rule_of)
+
+
+def _safely(resolver: Any, rule: Rule, request: RequestInfo) -> str | None:
+    try:
+        return resolver(rule.key, request)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        if "is async" in str(exc):
+            raise  # a configuration error, not a request-time failure
+        log.exception("key function of rule %r failed; treating the identity as missing", rule.name)
+        return None
+    except Exception:
+        log.exception("key function of rule %r failed; treating the identity as missing", rule.name)
+        return None
 
 
 def _names(rule_of: Sequence[str], decision: Decision) -> tuple[str, ...]:

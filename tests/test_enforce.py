@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ratelimit import Decision, Limiter, LimitStatus, Rate
-from ratelimit.enforce import Enforcer
+from ratelimit.enforce import Enforcer, Outcome
 from ratelimit.headers import problem_body, rate_limit_headers, sf_string
 from ratelimit.keys import api_key, client_ip, compose, constant, header, jwt_claim, resolve
 from ratelimit.request import Headers, RequestInfo
@@ -279,3 +279,23 @@ def test_duplicate_rule_names_refused() -> None:
     """Rule names namespace counters, so they must be unique."""
     with pytest.raises(ValueError):
         enforcer(Rule.of("a", "1/second"), Rule.of("a", "2/second"))
+
+
+async def test_failing_key_function_counts_as_missing_identity() -> None:
+    """A key function that raises is logged and treated as no identity, never a crash."""
+
+    def boom(r: RequestInfo) -> str:
+        raise RuntimeError("bug in user code")
+
+    e = enforcer(Rule.of("per-user", "1/minute", boom), missing_identity="reject")
+    assert e.check(req()).action == "reject"
+    assert (await e.acheck(req())).action == "reject"
+
+
+def test_skip_outcomes_are_not_shared() -> None:
+    """Each skipped request gets its own Outcome, so an adapter may extend its headers."""
+    e = enforcer(Rule.of("r", "1/minute", paths="/only"))
+    first, second = e.check(req("/other")), e.check(req("/other"))
+    assert first.action == second.action == "skip" and first is not second
+    first.headers.append(("X", "1"))
+    assert second.headers == [] and isinstance(Outcome("skip").headers, list)
