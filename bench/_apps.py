@@ -220,6 +220,19 @@ async def _build_ambient_redis_hotkey(ctx: BenchContext) -> BuiltApp:
     return await _ambient(ctx.redis_url, ctx.hot_rate)
 
 
+async def _build_ambient_middleware(ctx: BenchContext) -> BuiltApp:
+    """The package's own middleware (rules, keys, headers, context var) on the memory backend."""
+    from ratelimit import Limiter
+    from ratelimit.asgi import RateLimitMiddleware
+    from ratelimit.keys import header
+
+    limiter = Limiter()
+    app = RateLimitMiddleware(
+        bare_starlette(), limiter, key=header(SUBJECT_HEADER.decode()), limits={"/items": ctx.rate}
+    )
+    return BuiltApp(app, limiter.aclose)
+
+
 # ------------------------------------------------------------------------------ limits
 
 
@@ -394,6 +407,13 @@ VARIANTS: list[Variant] = [
         ("starlette", "ratelimit:Limiter", "redis"),
         needs_redis=True,
         single_subject=True,
+    ),
+    Variant(
+        "ambient-middleware",
+        "starlette",
+        "ratelimit.asgi.RateLimitMiddleware(limits={'/items': ...}) (memory backend)",
+        _build_ambient_middleware,
+        ("starlette", "ratelimit.asgi:RateLimitMiddleware"),
     ),
     Variant(
         "limits-async",

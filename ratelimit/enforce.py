@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from ._decision import Decision
-from .headers import policy_name, problem_body, rate_limit_headers
+from ._rate import Rate
+from .headers import problem_body, rate_limit_headers
 from .keys import resolve, resolve_async
 from .limiter import Limiter
 from .metrics import NullMetrics
@@ -117,11 +119,11 @@ class Enforcer:
 
     def _items(
         self, rules: Sequence[Rule], identities: Sequence[str | None], request: RequestInfo
-    ) -> tuple[list[tuple[str, Any, int]], list[tuple[str, Any, int]], list[str], list[str]] | None:
+    ) -> tuple[list[tuple[str, Any, int]], list[tuple[str, Any, int]], list[Rule], list[Rule]] | None:
         items: list[tuple[str, Any, int]] = []
         shadow_items: list[tuple[str, Any, int]] = []
-        rule_of: list[str] = []
-        shadow_rule_of: list[str] = []
+        enforcing: list[Rule] = []
+        shadows: list[Rule] = []
         for rule, raw in zip(rules, identities, strict=True):
             identity = self._identity(rule, raw, request)
             if identity is None:
@@ -131,51 +133,46 @@ class Enforcer:
             except Exception:
                 log.exception("cost function of rule %r failed; charging 1", rule.name)
                 cost = 1
-            target, names = (shadow_items, shadow_rule_of) if rule.shadow else (items, rule_of)
+            target, group = (shadow_items, shadows) if rule.shadow else (items, enforcing)
+            # Rule names cannot contain "/", so the first "/" separates them unambiguously.
+            counted = f"{rule.name}/{identity}"
             for rate in rule.rates:
-                # Rule names cannot contain "/", so the first "/" separates them unambiguously.
-                target.append((f"{rule.name}/{identity}", rate, cost))
-                names.append(rule.name)
-        return items, shadow_items, rule_of, shadow_rule_of
+                target.append((counted, rate, cost))
+            group.append(rule)
+        return items, shadow_items, enforcing, shadows
+
+    def _headers(self, decision: Decision, rules: Sequence[Rule], denied: bool) -> list[tuple[str, str]]:
+        if not (self.headers or denied):
+            return []
+        names, rates = _policies(tuple(rules))
+        return rate_limit_headers(decision, names, rates, legacy=self.legacy_headers)
 
     def _outcome(
-        self,
-        decision: Decision | None,
-        rule_of: list[str],
-        shadow: Decision | None,
-        shadow_rule_of: list[str],
+        self, decision: Decision | None, enforcing: list[Rule], shadow: Decision | None, shadows: list[Rule]
     ) -> Outcome:
         metrics, adapter = self.metrics, self.adapter
         if shadow is not None:
-            for name in dict.fromkeys(shadow_rule_of):
-                metrics.decision(name, "shadow" if not shadow.allowed else "allowed", adapter)
+            for rule in shadows:
+                metrics.decision(rule.name, "shadow" if not shadow.allowed else "allowed", adapter)
         if decision is None:
             # Only shadow rules applied: headers describe them, nothing is denied.
             if shadow is None:
                 return Outcome("skip")
-            decision, rule_of = shadow, shadow_rule_of
-            names = _names(rule_of, decision)
-            hdrs = rate_limit_headers(decision, names, legacy=self.legacy_headers) if self.headers else []
-            return Outcome(
-                "allow",
-                headers=[h for h in hdrs if h[0] != "Retry-After"],
-                decision=decision,
-                shadow=shadow,
-                names=names,
-            )
+            hdrs = [h for h in self._headers(shadow, shadows, False) if h[0] != "Retry-After"]
+            names = _policies(tuple(shadows))[0]
+            return Outcome("allow", headers=hdrs, decision=shadow, shadow=shadow, names=names)
         result = "fallback" if decision.fallback else ("allowed" if decision.allowed else "denied")
-        for name in dict.fromkeys(rule_of):
-            metrics.decision(name, result, adapter)
+        for rule in enforcing:
+            metrics.decision(rule.name, result, adapter)
             if decision.from_cache:
-                metrics.deny_cache_hit(name)
-        names = _names(rule_of, decision)
+                metrics.deny_cache_hit(rule.name)
+        names = _policies(tuple(enforcing))[0]
         if decision.allowed:
-            hdrs = rate_limit_headers(decision, names, legacy=self.legacy_headers) if self.headers else []
+            hdrs = self._headers(decision, enforcing, False)
             return Outcome("allow", headers=hdrs, decision=decision, shadow=shadow, names=names)
-        hdrs = rate_limit_headers(decision, names, legacy=self.legacy_headers)
-        return Outcome(
-            "deny", 429, hdrs, problem_body(decision, names), decision=decision, shadow=shadow, names=names
-        )
+        hdrs = self._headers(decision, enforcing, True)
+        body = problem_body(decision, names)
+        return Outcome("deny", 429, hdrs, body, decision=decision, shadow=shadow, names=names)
 
     def _reject(self, rules: Sequence[Rule]) -> Outcome:
         for rule in rules:
@@ -192,10 +189,10 @@ class Enforcer:
         planned = self._items(matched, [_safely(resolve, r, request) for r in matched], request)
         if planned is None:
             return self._reject(matched)
-        items, shadow_items, rule_of, shadow_rule_of = planned
+        items, shadow_items, enforcing, shadows = planned
         decision = self.limiter.hit_many(items) if items else None
         shadow = self.limiter.hit_many(shadow_items) if shadow_items else None
-        return self._outcome(decision, rule_of, shadow, shadow_rule_of)
+        return self._outcome(decision, enforcing, shadow, shadows)
 
     async def acheck(self, request: RequestInfo, rules: Sequence[Rule] | None = None) -> Outcome:
         """Decide ``request`` from an asyncio adapter."""
@@ -212,10 +209,10 @@ class Enforcer:
         planned = self._items(matched, identities, request)
         if planned is None:
             return self._reject(matched)
-        items, shadow_items, rule_of, shadow_rule_of = planned
+        items, shadow_items, enforcing, shadows = planned
         decision = await self.limiter.ahit_many(items) if items else None
         shadow = await self.limiter.ahit_many(shadow_items) if shadow_items else None
-        return self._outcome(decision, rule_of, shadow, shadow_rule_of)
+        return self._outcome(decision, enforcing, shadow, shadows)
 
 
 def _safely(resolver: Any, rule: Rule, request: RequestInfo) -> str | None:
@@ -231,11 +228,12 @@ def _safely(resolver: Any, rule: Rule, request: RequestInfo) -> str | None:
         return None
 
 
-def _names(rule_of: Sequence[str], decision: Decision) -> tuple[str, ...]:
-    counts: dict[str, int] = {}
-    for name in rule_of:
-        counts[name] = counts.get(name, 0) + 1
-    return tuple(
-        policy_name(name, status, counts[name] > 1)
-        for name, status in zip(rule_of, decision.limits, strict=True)
-    )
+@lru_cache(maxsize=1024)
+def _policies(rules: tuple[Rule, ...]) -> tuple[tuple[str, ...], tuple[Rate, ...]]:
+    """Policy names and rates of a group of rules, one per limit (fixed per rule set)."""
+    names: list[str] = []
+    rates: list[Rate] = []
+    for rule in rules:
+        names += rule.policy_names
+        rates += rule.rates
+    return tuple(names), tuple(rates)

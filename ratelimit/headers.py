@@ -18,8 +18,10 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 from ._decision import Decision, LimitStatus
+from ._rate import Rate
 
 __all__ = [
     "PROBLEM_TYPE",
@@ -49,11 +51,11 @@ def _seconds(value: float) -> int:
     return max(0, math.ceil(value - 1e-9))
 
 
-def policy_name(rule: str, status: LimitStatus, several: bool) -> str:
+def policy_name(rule: str, rate: Rate, several: bool) -> str:
     """The policy name of one limit: the rule's name, plus the window when it has several."""
     if not several:
         return rule
-    window = status.rate.window
+    window = rate.window
     label = f"{int(window)}s" if window >= 1 and window == int(window) else f"{round(window * 1000)}ms"
     return f"{rule}-{label}"
 
@@ -62,20 +64,45 @@ def _t(status: LimitStatus) -> int:
     return _seconds(status.retry_after if status.retry_after > 0 else status.reset_after)
 
 
+@lru_cache(maxsize=4096)
+def _policy_field(names: tuple[str, ...], rates: tuple[Rate, ...]) -> str:
+    # Depends only on the rules, so it is built once per rule set.
+    return ", ".join(
+        f"{sf_string(name)};q={rate.limit};w={max(1, _seconds(rate.window))}"
+        for name, rate in zip(names, rates, strict=True)
+    )
+
+
+@lru_cache(maxsize=4096)
+def _sf_cached(name: str) -> str:
+    return sf_string(name)
+
+
 def rate_limit_headers(
-    decision: Decision, names: Sequence[str], *, legacy: bool = True
+    decision: Decision,
+    names: Sequence[str],
+    rates: Sequence[Rate] | None = None,
+    *,
+    legacy: bool = True,
 ) -> list[tuple[str, str]]:
-    """The RateLimit header fields for ``decision``; ``names`` has one name per limit."""
-    limits = decision.limits
-    if not limits:
+    """The RateLimit header fields for ``decision``; ``names`` (and ``rates``) have one entry per limit.
+
+    ``rates`` defaults to the rates in ``decision.limits``; passing them lets a
+    single-limit decision skip building its per-limit statuses.
+    """
+    if not names:
         return []
-    policy = ", ".join(
-        f"{sf_string(name)};q={s.rate.limit};w={max(1, _seconds(s.rate.window))}"
-        for name, s in zip(names, limits, strict=True)
-    )
-    current = ", ".join(
-        f"{sf_string(name)};r={s.remaining};t={_t(s)}" for name, s in zip(names, limits, strict=True)
-    )
+    if rates is None:
+        rates = tuple(s.rate for s in decision.limits)
+    policy = _policy_field(tuple(names), tuple(rates))
+    if len(names) == 1:
+        t = decision.retry_after if decision.retry_after > 0 else decision.reset_after
+        current = f"{_sf_cached(names[0])};r={decision.remaining};t={_seconds(t)}"
+    else:
+        current = ", ".join(
+            f"{_sf_cached(name)};r={s.remaining};t={_t(s)}"
+            for name, s in zip(names, decision.limits, strict=True)
+        )
     out = [("RateLimit-Policy", policy), ("RateLimit", current)]
     if legacy:
         reset = decision.retry_after if not decision.allowed else decision.reset_after

@@ -43,7 +43,7 @@ class AsyncResolvable(Protocol):
 def resolve(key: Any, request: RequestInfo) -> str | None:
     """Run ``key`` from a sync adapter (async-only key functions are an error)."""
     value = key(request)
-    if isinstance(value, Awaitable):
+    if hasattr(value, "__await__"):
         close = getattr(value, "close", None)
         if close is not None:
             close()
@@ -53,21 +53,26 @@ def resolve(key: Any, request: RequestInfo) -> str | None:
 
 async def resolve_async(key: Any, request: RequestInfo) -> str | None:
     """Run ``key`` from an asyncio adapter, awaiting it when it is async."""
-    if isinstance(key, AsyncResolvable):
-        return _clean(await key.aresolve(request))
+    # getattr, not isinstance(key, AsyncResolvable): a runtime Protocol check costs
+    # more than the rest of a decision.
+    aresolve = getattr(key, "aresolve", None)
+    if aresolve is not None:
+        return _clean(await aresolve(request))
     value = key(request)
-    if isinstance(value, Awaitable):
+    if hasattr(value, "__await__"):
         value = await value
     return _clean(value)
 
 
 def _clean(value: object) -> str | None:
-    if value is None or value == "":
+    if value.__class__ is str:
+        return value or None
+    if value is None:
         return None
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
     if isinstance(value, (str, int)) and not isinstance(value, bool):
-        return str(value)
+        return str(value) or None
     raise TypeError(f"a key function must return str, bytes, int or None, got {type(value).__name__}")
 
 

@@ -108,6 +108,22 @@ class Limiter:
         return plan
 
     def _plan_many(self, items: Iterable[HitItem], cost: int, commit: bool) -> Plan:
+        if cost.__class__ is not int:
+            check_cost(cost)
+        items = items if isinstance(items, (list, tuple)) else list(items)
+        key = (tuple(items), cost, commit, "many")
+        try:
+            plan = self._plans.get(key)
+        except TypeError:  # unhashable parts (a list of rates): plan without caching
+            return self._plan_many_uncached(items, cost, commit)
+        if plan is None:
+            plan = self._plan_many_uncached(items, cost, commit)
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _plan_many_uncached(self, items: Iterable[HitItem], cost: int, commit: bool) -> Plan:
         check_cost(cost)
         norm: list[tuple[Identity, RateLike, int]] = []
         for item in items:

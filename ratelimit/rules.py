@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._rate import Rate, RateLike, parse_rates
+from .headers import policy_name
 from .keys import constant
 from .request import RequestInfo
 
@@ -76,6 +77,7 @@ class Rule:
     cost: int | Callable[[RequestInfo], int] = 1
     shadow: bool = False
     _patterns: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
+    policy_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -84,6 +86,10 @@ class Rule:
         paths = (self.paths,) if isinstance(self.paths, str) else tuple(self.paths)
         object.__setattr__(self, "paths", paths)
         object.__setattr__(self, "_patterns", tuple(compile_path(p) for p in paths))
+        several = len(self.rates) > 1
+        object.__setattr__(
+            self, "policy_names", tuple(policy_name(self.name, r, several) for r in self.rates)
+        )
         methods = (self.methods,) if isinstance(self.methods, str) else self.methods
         object.__setattr__(self, "methods", frozenset(m.upper() for m in methods))
         if not callable(self.key):

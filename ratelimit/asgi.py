@@ -1,0 +1,479 @@
+"""ASGI adapter: a pure ASGI middleware, decorator support and a FastAPI dependency.
+
+    from ratelimit import Limiter
+    from ratelimit.asgi import RateLimitMiddleware
+    from ratelimit.keys import jwt_subject
+
+    limiter = Limiter("redis://redis:6379/0")
+    user = jwt_subject(jwks_url="https://idp/.well-known/jwks.json", issuer="https://idp")
+    app.add_middleware(RateLimitMiddleware, limiter=limiter, key=user,
+                       limits={"GET /items/*": "100/minute", "/admin/**": "10/minute"})
+
+The middleware also makes ``@limiter.limit(...)`` work on endpoints that take no
+``request`` parameter, and adds the headers those decorators produce to the response.
+Starlette is imported only to build responses for decorators; FastAPI only by
+:class:`RateLimit`. See docs/asgi.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+from . import context
+from ._rate import RateLike
+from .decorators import RateLimitExceeded, register_context_finder
+from .enforce import Enforcer, MissingIdentity, Outcome
+from .keys import client_ip
+from .limiter import Limiter
+from .request import Headers, RequestInfo
+from .rules import Rule
+
+__all__ = ["ASGIApp", "DenialHook", "Message", "RateLimit", "RateLimitMiddleware", "Receive", "Scope", "Send"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+DenialHook = Callable[[Scope, Outcome], Awaitable["ASGIApp | None"]]
+
+_NO_HEADERS: list[tuple[str, str]] = []  # shared; never mutated
+_POLICY, _CURRENT, _RETRY = b"ratelimit-policy", b"ratelimit", b"retry-after"
+_LIMIT, _REMAINING = b"x-ratelimit-limit", b"x-ratelimit-remaining"
+_RATE_FIELDS = frozenset((_POLICY, _CURRENT, _RETRY, _LIMIT, _REMAINING, b"x-ratelimit-reset"))
+_POLICY_VIOLATION = 1008
+
+
+def _request_info(scope: Scope) -> RequestInfo:
+    raw = scope["headers"]
+    host = None
+    for name, value in raw:  # servers lowercase header names (ASGI spec)
+        if name == b"host":
+            host = value.decode("latin-1")
+            break
+    client = scope.get("client")
+    return RequestInfo(
+        scope["type"],
+        scope.get("method", "GET"),
+        scope["path"],
+        Headers(raw),
+        client[0] if client else None,
+        host,
+        scope,
+    )
+
+
+def _render_http(outcome: Outcome) -> Any:
+    try:
+        from starlette.responses import Response
+    except ImportError:  # a bare ASGI app: the middleware answers instead
+        raise RateLimitExceeded(outcome) from None
+    return Response(outcome.body, outcome.status, dict(outcome.headers), media_type=outcome.content_type)
+
+
+def _render_websocket(outcome: Outcome) -> Any:
+    # A websocket endpoint cannot return a response: the middleware denies the handshake.
+    raise RateLimitExceeded(outcome)
+
+
+class _Context(context.RequestContext):
+    """The middleware's RequestContext: ``request`` and ``headers`` are built on first use.
+
+    Every request gets one (decorators look for it), but most never need its
+    RequestInfo (no rule, no decorator) or a header list.
+    """
+
+    __slots__ = ("_added", "_info", "_scope")
+
+    def __init__(self, scope: Scope, render: Callable[[Outcome], Any]) -> None:
+        self._scope = scope
+        self._info: RequestInfo | None = None
+        self._added: list[tuple[str, str]] | None = None
+        self.render = render
+        self.framework = "asgi"
+
+    @property
+    def request(self) -> RequestInfo:
+        if self._info is None:
+            self._info = _request_info(self._scope)
+        return self._info
+
+    @request.setter
+    def request(self, value: RequestInfo) -> None:
+        self._info = value
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        if self._added is None:
+            self._added = []
+        return self._added
+
+    @headers.setter
+    def headers(self, value: list[tuple[str, str]]) -> None:
+        self._added = value
+
+
+def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+def _number(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return sys.maxsize
+
+
+def _combine(
+    response: Iterable[tuple[bytes, bytes]], added: list[tuple[str, str]]
+) -> list[tuple[bytes, bytes]]:
+    """The response's header fields plus ``added``, with one set of rate limit fields.
+
+    Several limiters may describe one response (middleware rules, decorators, a
+    dependency, a 429 the endpoint returned): ``RateLimit-Policy`` and ``RateLimit``
+    become one structured-field list each, ``X-RateLimit-*`` come from the tightest
+    (fewest remaining) and ``Retry-After`` is the longest.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    fields: list[tuple[bytes, bytes]] = []
+    for name, value in response:
+        lname = name.lower()
+        if lname in _RATE_FIELDS:
+            fields.append((lname, value))
+        else:
+            out.append((name, value))
+    fields += _encode(added)
+    if len({name for name, _ in fields}) == len(fields):
+        return out + fields
+    policy: list[bytes] = []
+    current: list[bytes] = []
+    retry: list[bytes] = []
+    legacy: list[dict[bytes, bytes]] = []
+    for name, value in fields:
+        if name == _POLICY:
+            policy.append(value)
+        elif name == _CURRENT:
+            current.append(value)
+        elif name == _RETRY:
+            retry.append(value)
+        else:
+            if name == _LIMIT or not legacy:
+                legacy.append({})
+            legacy[-1][name] = value
+    if policy:
+        out.append((_POLICY, b", ".join(policy)))
+    if current:
+        out.append((_CURRENT, b", ".join(current)))
+    if legacy:
+        out += min(legacy, key=lambda group: _number(group.get(_REMAINING, b""))).items()
+    if retry:
+        out.append((_RETRY, max(retry, key=_number)))
+    return out
+
+
+def _slug(text: str) -> str:
+    """A rule name from a pattern or path: ``GET /items/*`` -> ``get-items-any``."""
+    plain = text.replace("**", "all").replace("*", "any")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", plain).strip("-._").lower() or "root"
+    if len(name) > 64:  # keep long names apart: they name counters
+        name = name[:55].rstrip("-._") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return name
+
+
+def _limit_rules(limits: Mapping[str, RateLike], key: Any) -> list[Rule]:
+    rules: list[Rule] = []
+    taken: set[str] = set()
+    for spec, rates in limits.items():
+        spec = spec.strip()
+        head, _, path = ("", "", spec) if spec.startswith(("/", "re:")) else spec.partition(" ")
+        methods = [m for m in head.split(",") if m]
+        path = path.strip()
+        base = _slug(" ".join([*methods, path]))
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base[:60]}-{n}"
+        taken.add(name)
+        rules.append(Rule.of(name, rates, key, paths=path, methods=methods))
+    return rules
+
+
+class RateLimitMiddleware:
+    """Rate limits every HTTP request and websocket handshake of an ASGI app.
+
+    Args:
+        app: the ASGI app to protect.
+        limiter: decides (memory or Redis backend).
+        rules: :class:`~ratelimit.rules.Rule` objects (``Rule.of(...)``).
+        key: the key function of the ``limits`` rules (default :class:`client_ip`).
+        limits: shorthand for path rules: ``{"GET /items/*": "100/minute",
+            "/admin/**": "10/minute"}`` (optional comma-separated methods, then a path
+            pattern). Each becomes a rule named after its pattern (``get-items-any``).
+        missing_identity: ``"ip"``, ``"anonymous"`` or ``"reject"`` (401) when a key
+            function finds no identity.
+        headers: add RateLimit headers to allowed responses (denials always get them).
+        legacy_headers: add ``X-RateLimit-Limit/-Remaining/-Reset`` as well.
+        websockets: limit websocket handshakes too (else they pass untouched).
+        metrics: a :class:`ratelimit.metrics.Metrics`, or None.
+        on_denied: ``async (scope, outcome) -> ASGI app | None``; the app it returns
+            answers the denied (429) or rejected (401) request instead of the default
+            problem+json response; None keeps the default.
+
+    Every request, matched by a rule or not, runs with :data:`ratelimit.context.current`
+    set, so ``@limiter.limit`` endpoints need no ``request`` parameter; the headers
+    they produce are added to the response here. Lifespan and other scopes pass through.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: Limiter,
+        rules: Iterable[Rule] = (),
+        *,
+        key: Any = None,
+        limits: Mapping[str, RateLike] | None = None,
+        missing_identity: MissingIdentity = "ip",
+        headers: bool = True,
+        legacy_headers: bool = True,
+        websockets: bool = True,
+        metrics: Any = None,
+        on_denied: DenialHook | None = None,
+    ) -> None:
+        self.app = app
+        all_rules = [*rules, *_limit_rules(limits or {}, key if key is not None else client_ip())]
+        self.enforcer = Enforcer(
+            limiter,
+            all_rules,
+            missing_identity=missing_identity,
+            headers=headers,
+            legacy_headers=legacy_headers,
+            metrics=metrics,
+            adapter="asgi",
+        )
+        self.websockets = websockets
+        self.on_denied = on_denied
+        self._checks = bool(all_rules)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket" and self.websockets:
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = _Context(scope, _render_http)
+        token = context.current.set(ctx)
+        try:
+            added = _NO_HEADERS
+            if self._checks and (matched := self.enforcer.matching(ctx.request)):
+                outcome = await self.enforcer.acheck(ctx.request, matched)
+                if outcome.action == "deny" or outcome.action == "reject":
+                    await self._deny(scope, receive, send, outcome)
+                    return
+                added = outcome.headers
+            started = False
+
+            async def send_with_headers(message: Message) -> None:
+                nonlocal started
+                if message["type"] == "http.response.start":
+                    started = True
+                    extra = added + ctx._added if ctx._added else added
+                    if extra:
+                        message["headers"] = _combine(message.get("headers", ()), extra)
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_with_headers)
+            except RateLimitExceeded as exc:
+                if started:
+                    raise
+                await self._deny(scope, receive, send_with_headers, exc.outcome)
+        finally:
+            context.current.reset(token)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = _Context(scope, _render_websocket)
+        token = context.current.set(ctx)
+        try:
+            added = _NO_HEADERS
+            if self._checks and (matched := self.enforcer.matching(ctx.request)):
+                outcome = await self.enforcer.acheck(ctx.request, matched)
+                if outcome.action == "deny" or outcome.action == "reject":
+                    await self._deny(scope, receive, send, outcome)
+                    return
+                added = outcome.headers
+            state = "connecting"
+
+            async def send_with_headers(message: Message) -> None:
+                nonlocal state
+                kind = message["type"]
+                if kind == "websocket.accept":
+                    state = "open"
+                    extra = added + ctx._added if ctx._added else added
+                    if extra:
+                        message["headers"] = _combine(message.get("headers", ()), extra)
+                elif kind == "websocket.close" or kind == "websocket.http.response.start":
+                    state = "closed"
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_with_headers)
+            except RateLimitExceeded as exc:
+                if state == "connecting":
+                    await self._deny(scope, receive, send, exc.outcome)
+                elif state == "open":
+                    await send(
+                        {
+                            "type": "websocket.close",
+                            "code": _POLICY_VIOLATION,
+                            "reason": "rate limit exceeded",
+                        }
+                    )
+                else:
+                    raise
+        finally:
+            context.current.reset(token)
+
+    async def _deny(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
+        if self.on_denied is not None:
+            custom = await self.on_denied(scope, outcome)
+            if custom is not None:
+                await custom(scope, receive, send)
+                return
+        if scope["type"] == "websocket":
+            if "websocket.http.response" not in scope.get("extensions", {}):
+                reason = "rate limit exceeded" if outcome.action == "deny" else "unauthenticated"
+                await send({"type": "websocket.close", "code": _POLICY_VIOLATION, "reason": reason})
+                return
+            prefix = "websocket.http.response"
+        else:
+            prefix = "http.response"
+        body = outcome.body
+        fields = [
+            (b"content-type", outcome.content_type.encode("latin-1")),
+            (b"content-length", str(len(body)).encode()),
+            *_encode(outcome.headers),
+        ]
+        await send({"type": prefix + ".start", "status": outcome.status, "headers": fields})
+        await send({"type": prefix + ".body", "body": body, "more_body": False})
+
+
+# -- decorators without the middleware: find a Starlette Request among the arguments --
+
+
+def _find_starlette_context(args: tuple[Any, ...], kwargs: dict[str, Any]) -> context.RequestContext | None:
+    """The decorators' fallback when the middleware is not installed.
+
+    Looks for a Starlette ``Request`` among the endpoint's arguments. Denials render as
+    Starlette responses; headers for allowed responses have nowhere to go without the
+    middleware and are dropped. Websocket endpoints need the middleware.
+    """
+    module = sys.modules.get("starlette.requests")
+    if module is None:  # Starlette not imported: no argument can be one of its requests
+        return None
+    request_class = module.Request
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, request_class):
+            return _Context(value.scope, _render_http)
+    return None
+
+
+register_context_finder(_find_starlette_context)
+
+
+# -- FastAPI: Depends(RateLimit(...)) -------------------------------------------------
+
+
+class RateLimit:
+    """A FastAPI dependency that limits the routes it is attached to.
+
+    ``Depends(RateLimit(limiter, "10/minute", key=jwt_subject(...)))`` as a route
+    parameter or in ``dependencies=[...]`` (route, router or app). A denied request
+    raises ``fastapi.HTTPException(429)`` with the RateLimit headers and the problem
+    details as ``detail``; a request without identity under ``missing_identity="reject"``
+    raises 401. With :class:`RateLimitMiddleware` installed, allowed responses carry
+    the RateLimit headers too.
+
+    Without ``name``, each route gets its own counters, named after the route's path
+    (``dep-items-item_id``); with ``name``, every route using that name shares them
+    (a router-wide budget).
+
+    Args:
+        limiter: decides.
+        rates: one rate, ``"10/second;1000/day"``, or a list (all must allow).
+        key: the key function (default: one counter for every caller).
+        name: the policy name and counter namespace (see above).
+        cost, methods, shadow: as for :meth:`ratelimit.rules.Rule.of`.
+        missing_identity, headers, legacy_headers, metrics: as for the middleware.
+    """
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        rates: RateLike | Sequence[RateLike],
+        key: Any = None,
+        *,
+        name: str | None = None,
+        cost: int | Callable[[RequestInfo], int] = 1,
+        methods: str | Iterable[str] = (),
+        shadow: bool = False,
+        missing_identity: MissingIdentity = "ip",
+        headers: bool = True,
+        legacy_headers: bool = True,
+        metrics: Any = None,
+    ) -> None:
+        from starlette.requests import Request
+
+        self._make_rule: Callable[[str], Rule] = lambda rule_name: Rule.of(
+            rule_name, rates, key, methods=methods, cost=cost, shadow=shadow
+        )
+        self._options: dict[str, Any] = {
+            "missing_identity": missing_identity,
+            "headers": headers,
+            "legacy_headers": legacy_headers,
+            "metrics": metrics,
+            "adapter": "asgi",
+        }
+        self.limiter = limiter
+        self.name = name
+        self._enforcers: dict[str, Enforcer] = {}
+        self._make_rule(name or "dep-check")  # refuse bad arguments now, not on the first request
+        # FastAPI reads the dependency's signature: it needs the real Request class, which
+        # this module may not import at its top (Starlette is optional).
+        request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)
+        self.__signature__ = inspect.Signature([request], return_annotation=None)
+
+    def _enforcer(self, scope: Scope) -> Enforcer:
+        if self.name is not None:
+            rule_name = self.name
+        else:
+            path = getattr(scope.get("route"), "path", None)
+            rule_name = _slug(f"dep {path}") if isinstance(path, str) else "dep"
+        enforcer = self._enforcers.get(rule_name)
+        if enforcer is None:
+            enforcer = Enforcer(self.limiter, [self._make_rule(rule_name)], **self._options)
+            self._enforcers[rule_name] = enforcer
+        return enforcer
+
+    async def __call__(self, request: Any) -> None:
+        scope = request.scope
+        ctx = context.current.get()
+        info = ctx.request if ctx is not None and ctx.request.native is scope else _request_info(scope)
+        outcome = await self._enforcer(scope).acheck(info)
+        if outcome.action == "deny" or outcome.action == "reject":
+            from fastapi import HTTPException
+
+            raise HTTPException(
+                outcome.status, detail=json.loads(outcome.body), headers=dict(outcome.headers)
+            )
+        if ctx is not None:
+            ctx.headers.extend(outcome.headers)
