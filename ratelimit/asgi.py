@@ -17,10 +17,8 @@ Starlette is imported only to build responses for decorators; FastAPI only by
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
-import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -29,10 +27,11 @@ from . import context
 from ._rate import RateLike
 from .decorators import RateLimitExceeded, register_context_finder
 from .enforce import Enforcer, MissingIdentity, Outcome
+from .headers import combine_fields, encode_fields
 from .keys import client_ip
 from .limiter import Limiter
 from .request import Headers, RequestInfo
-from .rules import Rule
+from .rules import Rule, _slug, rules_from_limits
 
 __all__ = ["ASGIApp", "DenialHook", "Message", "RateLimit", "RateLimitMiddleware", "Receive", "Scope", "Send"]
 
@@ -44,9 +43,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DenialHook = Callable[[Scope, Outcome], Awaitable["ASGIApp | None"]]
 
 _NO_HEADERS: list[tuple[str, str]] = []  # shared; never mutated
-_POLICY, _CURRENT, _RETRY = b"ratelimit-policy", b"ratelimit", b"retry-after"
-_LIMIT, _REMAINING = b"x-ratelimit-limit", b"x-ratelimit-remaining"
-_RATE_FIELDS = frozenset((_POLICY, _CURRENT, _RETRY, _LIMIT, _REMAINING, b"x-ratelimit-reset"))
 _POLICY_VIOLATION = 1008
 
 
@@ -119,91 +115,6 @@ class _Context(context.RequestContext):
         self._added = value
 
 
-def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-
-
-def _number(value: bytes) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        return sys.maxsize
-
-
-def _combine(
-    response: Iterable[tuple[bytes, bytes]], added: list[tuple[str, str]]
-) -> list[tuple[bytes, bytes]]:
-    """The response's header fields plus ``added``, with one set of rate limit fields.
-
-    Several limiters may describe one response (middleware rules, decorators, a
-    dependency, a 429 the endpoint returned): ``RateLimit-Policy`` and ``RateLimit``
-    become one structured-field list each, ``X-RateLimit-*`` come from the tightest
-    (fewest remaining) and ``Retry-After`` is the longest.
-    """
-    out: list[tuple[bytes, bytes]] = []
-    fields: list[tuple[bytes, bytes]] = []
-    for name, value in response:
-        lname = name.lower()
-        if lname in _RATE_FIELDS:
-            fields.append((lname, value))
-        else:
-            out.append((name, value))
-    fields += _encode(added)
-    if len({name for name, _ in fields}) == len(fields):
-        return out + fields
-    policy: list[bytes] = []
-    current: list[bytes] = []
-    retry: list[bytes] = []
-    legacy: list[dict[bytes, bytes]] = []
-    for name, value in fields:
-        if name == _POLICY:
-            policy.append(value)
-        elif name == _CURRENT:
-            current.append(value)
-        elif name == _RETRY:
-            retry.append(value)
-        else:
-            if name == _LIMIT or not legacy:
-                legacy.append({})
-            legacy[-1][name] = value
-    if policy:
-        out.append((_POLICY, b", ".join(policy)))
-    if current:
-        out.append((_CURRENT, b", ".join(current)))
-    if legacy:
-        out += min(legacy, key=lambda group: _number(group.get(_REMAINING, b""))).items()
-    if retry:
-        out.append((_RETRY, max(retry, key=_number)))
-    return out
-
-
-def _slug(text: str) -> str:
-    """A rule name from a pattern or path: ``GET /items/*`` -> ``get-items-any``."""
-    plain = text.replace("**", "all").replace("*", "any")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", plain).strip("-._").lower() or "root"
-    if len(name) > 64:  # keep long names apart: they name counters
-        name = name[:55].rstrip("-._") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-    return name
-
-
-def _limit_rules(limits: Mapping[str, RateLike], key: Any) -> list[Rule]:
-    rules: list[Rule] = []
-    taken: set[str] = set()
-    for spec, rates in limits.items():
-        spec = spec.strip()
-        head, _, path = ("", "", spec) if spec.startswith(("/", "re:")) else spec.partition(" ")
-        methods = [m for m in head.split(",") if m]
-        path = path.strip()
-        base = _slug(" ".join([*methods, path]))
-        name, n = base, 1
-        while name in taken:
-            n += 1
-            name = f"{base[:60]}-{n}"
-        taken.add(name)
-        rules.append(Rule.of(name, rates, key, paths=path, methods=methods))
-    return rules
-
-
 class RateLimitMiddleware:
     """Rate limits every HTTP request and websocket handshake of an ASGI app.
 
@@ -246,7 +157,7 @@ class RateLimitMiddleware:
         on_denied: DenialHook | None = None,
     ) -> None:
         self.app = app
-        all_rules = [*rules, *_limit_rules(limits or {}, key if key is not None else client_ip())]
+        all_rules = [*rules, *rules_from_limits(limits or {}, key if key is not None else client_ip())]
         self.enforcer = Enforcer(
             limiter,
             all_rules,
@@ -288,7 +199,7 @@ class RateLimitMiddleware:
                     started = True
                     extra = added + ctx._added if ctx._added else added
                     if extra:
-                        message["headers"] = _combine(message.get("headers", ()), extra)
+                        message["headers"] = combine_fields(message.get("headers", ()), extra)
                 await send(message)
 
             try:
@@ -320,7 +231,7 @@ class RateLimitMiddleware:
                     state = "open"
                     extra = added + ctx._added if ctx._added else added
                     if extra:
-                        message["headers"] = _combine(message.get("headers", ()), extra)
+                        message["headers"] = combine_fields(message.get("headers", ()), extra)
                 elif kind == "websocket.close" or kind == "websocket.http.response.start":
                     state = "closed"
                 await send(message)
@@ -361,7 +272,7 @@ class RateLimitMiddleware:
         fields = [
             (b"content-type", outcome.content_type.encode("latin-1")),
             (b"content-length", str(len(body)).encode()),
-            *_encode(outcome.headers),
+            *encode_fields(outcome.headers),
         ]
         await send({"type": prefix + ".start", "status": outcome.status, "headers": fields})
         await send({"type": prefix + ".body", "body": body, "more_body": False})

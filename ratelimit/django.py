@@ -41,12 +41,12 @@ from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
 from . import context
-from .asgi import _limit_rules
 from .decorators import RateLimitExceeded
 from .enforce import Enforcer, Outcome
 from .keys import client_ip
 from .limiter import Limiter
 from .rules import Rule
+from .rules import rules_from_limits as _limit_rules
 from .wsgi import _merge_headers, request_info
 
 __all__ = ["RateLimitMiddleware", "render"]

@@ -27,13 +27,13 @@ from typing import Any, Literal
 import flask
 
 from ._rate import RateLike
-from .asgi import _limit_rules
 from .context import RequestContext
 from .decorators import RateLimitExceeded, register_context_finder
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .keys import client_ip
 from .limiter import Limiter
 from .rules import Rule
+from .rules import rules_from_limits as _limit_rules
 from .wsgi import RateLimitMiddleware, _merge_headers, request_info
 
 __all__ = ["RateLimit", "render"]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from ._decision import Decision, LimitStatus
@@ -25,6 +26,9 @@ from ._rate import Rate
 
 __all__ = [
     "PROBLEM_TYPE",
+    "RATE_FIELDS",
+    "combine_fields",
+    "encode_fields",
     "policy_name",
     "problem_body",
     "rate_limit_headers",
@@ -133,3 +137,69 @@ def problem_body(decision: Decision, names: Sequence[str]) -> bytes:
         "violated-policies": violated,
     }
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+# -- merging the fields of several decisions into one response ------------------------
+
+_POLICY, _CURRENT, _RETRY = b"ratelimit-policy", b"ratelimit", b"retry-after"
+_LIMIT, _REMAINING = b"x-ratelimit-limit", b"x-ratelimit-remaining"
+RATE_FIELDS = frozenset((_POLICY, _CURRENT, _RETRY, _LIMIT, _REMAINING, b"x-ratelimit-reset"))
+
+
+def encode_fields(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Header fields as the lower-cased latin-1 bytes ASGI servers use."""
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+def _number(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return sys.maxsize
+
+
+def combine_fields(
+    response: Iterable[tuple[bytes, bytes]], added: list[tuple[str, str]]
+) -> list[tuple[bytes, bytes]]:
+    """The response's header fields plus ``added``, with one set of rate limit fields.
+
+    Several limiters may describe one response (middleware rules, decorators, a
+    dependency, a 429 the endpoint returned): ``RateLimit-Policy`` and ``RateLimit``
+    become one structured-field list each, ``X-RateLimit-*`` come from the tightest
+    (fewest remaining) and ``Retry-After`` is the longest.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    fields: list[tuple[bytes, bytes]] = []
+    for name, value in response:
+        lname = name.lower()
+        if lname in RATE_FIELDS:
+            fields.append((lname, value))
+        else:
+            out.append((name, value))
+    fields += encode_fields(added)
+    if len({name for name, _ in fields}) == len(fields):
+        return out + fields
+    policy: list[bytes] = []
+    current: list[bytes] = []
+    retry: list[bytes] = []
+    legacy: list[dict[bytes, bytes]] = []
+    for name, value in fields:
+        if name == _POLICY:
+            policy.append(value)
+        elif name == _CURRENT:
+            current.append(value)
+        elif name == _RETRY:
+            retry.append(value)
+        else:
+            if name == _LIMIT or not legacy:
+                legacy.append({})
+            legacy[-1][name] = value
+    if policy:
+        out.append((_POLICY, b", ".join(policy)))
+    if current:
+        out.append((_CURRENT, b", ".join(current)))
+    if legacy:
+        out += min(legacy, key=lambda group: _number(group.get(_REMAINING, b""))).items()
+    if retry:
+        out.append((_RETRY, max(retry, key=_number)))
+    return out

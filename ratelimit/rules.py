@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ from .headers import policy_name
 from .keys import constant
 from .request import RequestInfo
 
-__all__ = ["Rule", "compile_path"]
+__all__ = ["Rule", "compile_path", "rules_from_limits"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -136,3 +137,42 @@ class Rule:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return 1
         return value
+
+
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def _slug(text: str) -> str:
+    """A rule name from a pattern or path: ``GET /items/*`` -> ``get-items-any``."""
+    plain = text.replace("**", "all").replace("*", "any")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", plain).strip("-._").lower() or "root"
+    if len(name) > 64:  # keep long names apart: they name counters
+        name = name[:55].rstrip("-._") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return name
+
+
+def rules_from_limits(limits: Mapping[str, RateLike], key: Any) -> list[Rule]:
+    """Rules from the shorthand ``{"GET,POST /items/*": "100/minute", "/admin/**": "10/minute"}``.
+
+    Each key is optional comma-separated HTTP methods (or ``*`` for any) and a path
+    pattern; each rule is named after its key (``get-post-items-any``), so the same
+    mapping gives the same counters under every adapter. Unknown methods are refused.
+    """
+    rules: list[Rule] = []
+    taken: set[str] = set()
+    for spec, rates in limits.items():
+        spec = spec.strip()
+        head, _, path = ("", "", spec) if spec.startswith(("/", "re:")) else spec.partition(" ")
+        methods = [m.strip().upper() for m in head.split(",") if m.strip() and m.strip() != "*"]
+        unknown = [m for m in methods if m not in _HTTP_METHODS]
+        if unknown:
+            raise ValueError(f"unknown HTTP method(s) {unknown} in limits key {spec!r}")
+        path = path.strip()
+        base = _slug(" ".join([*methods, path]))
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base[:60]}-{n}"
+        taken.add(name)
+        rules.append(Rule.of(name, rates, key, paths=path, methods=methods))
+    return rules

@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import context
 from ._rate import RateLike
-from .asgi import _RATE_FIELDS, _combine, _limit_rules
 from .decorators import RateLimitExceeded
 from .enforce import Enforcer, MissingIdentity, Outcome
+from .headers import RATE_FIELDS as _RATE_FIELDS
+from .headers import combine_fields as _combine
 from .keys import client_ip
 from .request import Headers, RequestInfo
 from .rules import Rule
+from .rules import rules_from_limits as _limit_rules
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -249,7 +251,7 @@ def _native(response_class: Any, outcome: Outcome) -> Any:
 def _merge_headers(fields: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """``fields`` with one set of rate limit fields, however many decisions added some.
 
-    The rules are the ASGI adapter's (:func:`ratelimit.asgi._combine`): ``RateLimit-Policy``
+    The rules are the ASGI adapter's (:func:`ratelimit.headers.combine_fields`): ``RateLimit-Policy``
     and ``RateLimit`` joined into one list each, ``X-RateLimit-*`` from the tightest
     decision, the longest ``Retry-After``. Other fields keep their order; rate limit
     fields keep the spelling they were first given.

@@ -299,3 +299,15 @@ def test_skip_outcomes_are_not_shared() -> None:
     assert first.action == second.action == "skip" and first is not second
     first.headers.append(("X", "1"))
     assert second.headers == [] and isinstance(Outcome("skip").headers, list)
+
+
+def test_limits_shorthand() -> None:
+    """'METHOD,METHOD /path' keys become named path rules; '*' means any method; typos are refused."""
+    from ratelimit.rules import rules_from_limits
+
+    rules = rules_from_limits({"GET,post /items/*": "5/minute", "* /admin/**": "1/minute"}, header("x-user"))
+    assert [r.name for r in rules] == ["get-post-items-any", "admin-all"]
+    assert rules[0].methods == {"GET", "POST"} and rules[1].methods == frozenset()
+    assert rules[1].matches(req("/admin/x/y", "DELETE"))
+    with pytest.raises(ValueError, match="GETT"):
+        rules_from_limits({"GETT /x": "1/second"}, header("x"))
