@@ -30,6 +30,8 @@ __all__ = [
     "resolve_async",
 ]
 
+_MISSING = object()
+
 KeyFunc = Callable[[RequestInfo], "str | Awaitable[str | None] | None"]
 
 
@@ -41,7 +43,20 @@ class AsyncResolvable(Protocol):
 
 
 def resolve(key: Any, request: RequestInfo) -> str | None:
-    """Run ``key`` from a sync adapter (async-only key functions are an error)."""
+    """Run ``key`` from a sync adapter (async-only key functions are an error).
+
+    Results are remembered for the request (key functions are long-lived objects held
+    by rules, so ``id(key)`` is stable while the request is served).
+    """
+    memo = request.memo
+    found = memo.get(id(key), _MISSING)
+    if found is not _MISSING:
+        return found  # type: ignore[return-value]
+    memo[id(key)] = result = _resolve(key, request)
+    return result
+
+
+def _resolve(key: Any, request: RequestInfo) -> str | None:
     value = key(request)
     if hasattr(value, "__await__"):
         close = getattr(value, "close", None)
@@ -52,7 +67,16 @@ def resolve(key: Any, request: RequestInfo) -> str | None:
 
 
 async def resolve_async(key: Any, request: RequestInfo) -> str | None:
-    """Run ``key`` from an asyncio adapter, awaiting it when it is async."""
+    """Run ``key`` from an asyncio adapter, awaiting it when it is async (remembered per request)."""
+    memo = request.memo
+    found = memo.get(id(key), _MISSING)
+    if found is not _MISSING:
+        return found  # type: ignore[return-value]
+    memo[id(key)] = result = await _resolve_async(key, request)
+    return result
+
+
+async def _resolve_async(key: Any, request: RequestInfo) -> str | None:
     # getattr, not isinstance(key, AsyncResolvable): a runtime Protocol check costs
     # more than the rest of a decision.
     aresolve = getattr(key, "aresolve", None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Headers", "RequestInfo"]
@@ -71,6 +71,8 @@ class RequestInfo:
         client: the immediate peer's IP address (not X-Forwarded-For), if known.
         host: the Host header or :authority, if known.
         native: the server's own object (ASGI scope, WSGI environ, gRPC context).
+        memo: key function results for this request, so that a middleware rule and
+            decorators keyed the same way verify a JWT once.
     """
 
     protocol: str
@@ -80,3 +82,4 @@ class RequestInfo:
     client: str | None = None
     host: str | None = None
     native: Any = None
+    memo: dict[int, str | None] = field(default_factory=dict)

@@ -311,3 +311,17 @@ def test_limits_shorthand() -> None:
     assert rules[1].matches(req("/admin/x/y", "DELETE"))
     with pytest.raises(ValueError, match="GETT"):
         rules_from_limits({"GETT /x": "1/second"}, header("x"))
+
+
+async def test_key_results_are_remembered_per_request() -> None:
+    """One key function used by several rules runs once per request (a JWT is verified once)."""
+    calls = []
+
+    def counting(r: RequestInfo) -> str:
+        calls.append(1)
+        return "alice"
+
+    e = enforcer(Rule.of("a", "10/minute", counting), Rule.of("b", "20/minute", counting))
+    e.check(req())
+    await e.acheck(req())
+    assert len(calls) == 2
