@@ -30,8 +30,6 @@ __all__ = [
     "resolve_async",
 ]
 
-_MISSING = object()
-
 KeyFunc = Callable[[RequestInfo], "str | Awaitable[str | None] | None"]
 
 
@@ -49,10 +47,11 @@ def resolve(key: Any, request: RequestInfo) -> str | None:
     by rules, so ``id(key)`` is stable while the request is served).
     """
     memo = request.memo
-    found = memo.get(id(key), _MISSING)
-    if found is not _MISSING:
-        return found  # type: ignore[return-value]
-    memo[id(key)] = result = _resolve(key, request)
+    found = memo.get(id(key))
+    if found is not None and found[0] is key:
+        return found[1]
+    result = _resolve(key, request)
+    memo[id(key)] = (key, result)  # holding the key keeps its id from being reused
     return result
 
 
@@ -69,10 +68,11 @@ def _resolve(key: Any, request: RequestInfo) -> str | None:
 async def resolve_async(key: Any, request: RequestInfo) -> str | None:
     """Run ``key`` from an asyncio adapter, awaiting it when it is async (remembered per request)."""
     memo = request.memo
-    found = memo.get(id(key), _MISSING)
-    if found is not _MISSING:
-        return found  # type: ignore[return-value]
-    memo[id(key)] = result = await _resolve_async(key, request)
+    found = memo.get(id(key))
+    if found is not None and found[0] is key:
+        return found[1]
+    result = await _resolve_async(key, request)
+    memo[id(key)] = (key, result)  # holding the key keeps its id from being reused
     return result
 
 

@@ -82,4 +82,4 @@ class RequestInfo:
     client: str | None = None
     host: str | None = None
     native: Any = None
-    memo: dict[int, str | None] = field(default_factory=dict)
+    memo: dict[int, tuple[Any, str | None]] = field(default_factory=dict)

@@ -325,3 +325,12 @@ async def test_key_results_are_remembered_per_request() -> None:
     e.check(req())
     await e.acheck(req())
     assert len(calls) == 2
+
+
+def test_memo_never_confuses_short_lived_keys() -> None:
+    """Throwaway key functions resolved on one request never see each other's results."""
+    r = req(x_a="1", x_b="2")
+    for _ in range(200):
+        assert resolve(header("x-a"), r) == "1"
+        assert resolve(header("x-b"), r) == "2"
+        assert resolve(header("x-missing"), r) is None
