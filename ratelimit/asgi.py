@@ -155,12 +155,15 @@ class RateLimitMiddleware:
         websockets: bool = True,
         metrics: Any = None,
         on_denied: DenialHook | None = None,
+        trusted_proxies: int = 0,
     ) -> None:
         self.app = app
-        all_rules = [*rules, *rules_from_limits(limits or {}, key if key is not None else client_ip())]
+        default_key = client_ip(trusted_proxies)
+        all_rules = [*rules, *rules_from_limits(limits or {}, key if key is not None else default_key)]
         self.enforcer = Enforcer(
             limiter,
             all_rules,
+            trusted_proxies=trusted_proxies,
             missing_identity=missing_identity,
             headers=headers,
             legacy_headers=legacy_headers,
@@ -324,7 +327,7 @@ class RateLimit:
         key: the key function (default: one counter for every caller).
         name: the policy name and counter namespace (see above).
         cost, methods, shadow: as for :meth:`ratelimit.rules.Rule.of`.
-        missing_identity, headers, legacy_headers, metrics: as for the middleware.
+        missing_identity, headers, legacy_headers, metrics, trusted_proxies: as for the middleware.
     """
 
     def __init__(
@@ -341,6 +344,7 @@ class RateLimit:
         headers: bool = True,
         legacy_headers: bool = True,
         metrics: Any = None,
+        trusted_proxies: int = 0,
     ) -> None:
         from starlette.requests import Request
 
@@ -348,6 +352,7 @@ class RateLimit:
             rule_name, rates, key, methods=methods, cost=cost, shadow=shadow
         )
         self._options: dict[str, Any] = {
+            "trusted_proxies": trusted_proxies,
             "missing_identity": missing_identity,
             "headers": headers,
             "legacy_headers": legacy_headers,

@@ -87,6 +87,7 @@ def limit(
     methods: str | Iterable[str] = (),
     shadow: bool = False,
     missing_identity: MissingIdentity = "ip",
+    trusted_proxies: int = 0,
 ) -> Callable[[F], F]:
     """Limit the decorated endpoint (see :meth:`ratelimit.Limiter.limit`)."""
 
@@ -97,7 +98,13 @@ def limit(
         rule_name = base if not any(r.name == base for r in earlier) else f"{base}-{len(earlier)}"
         rule = Rule.of(rule_name, rates, key, methods=methods, cost=cost, shadow=shadow)
         rules = (rule, *earlier)
-        enforcer = Enforcer(limiter, rules, missing_identity=missing_identity, adapter="decorator")
+        enforcer = Enforcer(
+            limiter,
+            rules,
+            missing_identity=missing_identity,
+            adapter="decorator",
+            trusted_proxies=trusted_proxies,
+        )
 
         if inspect.iscoroutinefunction(original):
 

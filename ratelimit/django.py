@@ -52,7 +52,17 @@ from .wsgi import _merge_headers, request_info
 __all__ = ["RateLimitMiddleware", "render"]
 
 _SETTINGS = frozenset(
-    {"LIMITER", "RULES", "LIMITS", "KEY", "MISSING_IDENTITY", "HEADERS", "LEGACY_HEADERS", "METRICS"}
+    {
+        "LIMITER",
+        "RULES",
+        "LIMITS",
+        "KEY",
+        "MISSING_IDENTITY",
+        "HEADERS",
+        "LEGACY_HEADERS",
+        "METRICS",
+        "TRUSTED_PROXIES",
+    }
 )
 
 
@@ -89,6 +99,7 @@ def _config(options: Mapping[str, Any]) -> Enforcer:
     if unknown:
         raise ImproperlyConfigured(f"unknown RATELIMIT settings {unknown}; known: {sorted(_SETTINGS)}")
     key = _load(options.get("KEY"))
+    proxies = options.get("TRUSTED_PROXIES", 0)
     if isinstance(key, type):  # "ratelimit.keys.client_ip": the class, called with no arguments
         key = key()
     try:
@@ -96,8 +107,9 @@ def _config(options: Mapping[str, Any]) -> Enforcer:
             _limiter(options.get("LIMITER", "memory://")),
             [
                 *_rules(options.get("RULES", ())),
-                *_limit_rules(options.get("LIMITS") or {}, client_ip() if key is None else key),
+                *_limit_rules(options.get("LIMITS") or {}, client_ip(proxies) if key is None else key),
             ],
+            trusted_proxies=proxies,
             missing_identity=options.get("MISSING_IDENTITY", "ip"),
             headers=options.get("HEADERS", True),
             legacy_headers=options.get("LEGACY_HEADERS", True),

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from ._decision import Decision
 from ._rate import Rate
 from .headers import problem_body, rate_limit_headers
-from .keys import resolve, resolve_async
+from .keys import client_ip, resolve, resolve_async
 from .limiter import Limiter
 from .metrics import NullMetrics
 from .request import RequestInfo
@@ -70,6 +70,9 @@ class Enforcer:
         legacy_headers: add ``X-RateLimit-Limit/-Remaining/-Reset`` as well.
         metrics: a :class:`ratelimit.metrics.Metrics`, or None for none.
         adapter: the adapter's name in metrics.
+        trusted_proxies: proxies in front of the app (an Istio waypoint, an ingress);
+            the ``"ip"`` policy counts per :class:`~ratelimit.keys.client_ip` with
+            that many trusted proxies, not per peer (which would be the proxy).
 
     All matching rules are decided together, all or nothing, in one round trip;
     shadow rules are decided apart (they count but never deny, and never block the
@@ -86,6 +89,7 @@ class Enforcer:
         legacy_headers: bool = True,
         metrics: Any = None,
         adapter: str = "custom",
+        trusted_proxies: int = 0,
     ) -> None:
         if missing_identity not in ("ip", "anonymous", "reject"):
             raise ValueError(
@@ -101,6 +105,7 @@ class Enforcer:
         self.legacy_headers = legacy_headers
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.adapter = adapter
+        self.ip_key = client_ip(trusted_proxies)
 
     def matching(self, request: RequestInfo, rules: Sequence[Rule] | None = None) -> list[Rule]:
         """The rules that apply to ``request``."""
@@ -112,7 +117,8 @@ class Enforcer:
         if identity is not None:
             return identity
         if self.missing_identity == "ip":
-            return f"ip:{request.client}" if request.client else "anonymous"
+            ip = self.ip_key(request)
+            return f"ip:{ip}" if ip else "anonymous"
         if self.missing_identity == "anonymous":
             return "anonymous"
         return None

@@ -92,13 +92,15 @@ class RateLimit:
         legacy_headers: bool = True,
         metrics: Any = None,
         mode: Literal["middleware", "hooks"] = "middleware",
+        trusted_proxies: int = 0,
     ) -> None:
         if mode not in ("middleware", "hooks"):
             raise ValueError(f"mode must be 'middleware' or 'hooks', got {mode!r}")
         self.limiter = limiter
         self.mode = mode
-        self.rules = (*rules, *_limit_rules(limits or {}, client_ip() if key is None else key))
+        self.rules = (*rules, *_limit_rules(limits or {}, client_ip(trusted_proxies) if key is None else key))
         self.options: dict[str, Any] = {
+            "trusted_proxies": trusted_proxies,
             "missing_identity": missing_identity,
             "headers": headers,
             "legacy_headers": legacy_headers,

@@ -195,6 +195,7 @@ class _Base:
         rules: Iterable[Rule] = (),
         missing_identity: MissingIdentity = "ip",
         metrics: Any = None,
+        trusted_proxies: int = 0,
     ) -> None:
         explicit = list(rules)
         taken = {r.name for r in explicit}
@@ -206,7 +207,9 @@ class _Base:
                 n += 1
                 name = f"{base[:60]}-{n}"
             taken.add(name)
-            built.append(Rule.of(name, rates, key if key is not None else client_ip(), paths=pattern))
+            built.append(
+                Rule.of(name, rates, key if key is not None else client_ip(trusted_proxies), paths=pattern)
+            )
         all_rules = built + explicit
         if not all_rules:
             raise ValueError("give limits={pattern: rate} or rules=[Rule, ...]")
@@ -214,6 +217,7 @@ class _Base:
             limiter,
             all_rules,
             missing_identity=missing_identity,
+            trusted_proxies=trusted_proxies,
             headers=False,
             legacy_headers=False,
             metrics=metrics,

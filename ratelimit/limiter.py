@@ -221,6 +221,7 @@ class Limiter:
         methods: Any = (),
         shadow: bool = False,
         missing_identity: Any = "ip",
+        trusted_proxies: int = 0,
     ) -> Callable[[Any], Any]:
         """Decorate an endpoint (Starlette, FastAPI, Flask, Django; sync or async) with limits.
 
@@ -245,6 +246,7 @@ class Limiter:
             methods=methods,
             shadow=shadow,
             missing_identity=missing_identity,
+            trusted_proxies=trusted_proxies,
         )
 
     def close(self) -> None:

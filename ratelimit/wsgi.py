@@ -120,13 +120,15 @@ class RateLimitMiddleware:
         legacy_headers: bool = True,
         metrics: Any = None,
         on_denied: OnDenied | None = None,
+        trusted_proxies: int = 0,
     ) -> None:
         self.app = app
         self.limiter = limiter
         self.on_denied = on_denied
         self.enforcer = Enforcer(
             limiter,
-            [*rules, *_limit_rules(limits or {}, client_ip() if key is None else key)],
+            [*rules, *_limit_rules(limits or {}, client_ip(trusted_proxies) if key is None else key)],
+            trusted_proxies=trusted_proxies,
             missing_identity=missing_identity,
             headers=headers,
             legacy_headers=legacy_headers,

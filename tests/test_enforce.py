@@ -334,3 +334,12 @@ def test_memo_never_confuses_short_lived_keys() -> None:
         assert resolve(header("x-a"), r) == "1"
         assert resolve(header("x-b"), r) == "2"
         assert resolve(header("x-missing"), r) is None
+
+
+def test_ip_fallback_trusts_the_configured_proxies() -> None:
+    """Behind a waypoint the peer is the proxy: the 'ip' fallback counts per X-Forwarded-For client."""
+    e = enforcer(Rule.of("per-user", "1/minute", header("x-user-id")), trusted_proxies=1)
+    via_proxy = {"client": "10.0.0.1"}
+    assert e.check(req(**via_proxy, x_forwarded_for="1.1.1.1")).action == "allow"
+    assert e.check(req(**via_proxy, x_forwarded_for="2.2.2.2")).action == "allow"
+    assert e.check(req(**via_proxy, x_forwarded_for="9.9.9.9, 1.1.1.1")).action == "deny"
