@@ -189,7 +189,7 @@ class RateLimitMiddleware:
         try:
             added = _NO_HEADERS
             if self._checks and (matched := self.enforcer.matching(ctx.request)):
-                outcome = await self.enforcer.acheck(ctx.request, matched)
+                outcome = await self.enforcer.acheck(ctx.request, matched=matched)
                 if outcome.action == "deny" or outcome.action == "reject":
                     await self._deny(scope, receive, send, outcome)
                     return
@@ -220,7 +220,7 @@ class RateLimitMiddleware:
         try:
             added = _NO_HEADERS
             if self._checks and (matched := self.enforcer.matching(ctx.request)):
-                outcome = await self.enforcer.acheck(ctx.request, matched)
+                outcome = await self.enforcer.acheck(ctx.request, matched=matched)
                 if outcome.action == "deny" or outcome.action == "reject":
                     await self._deny(scope, receive, send, outcome)
                     return

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from ._decision import Decision
 from ._rate import Rate
-from .headers import problem_body, rate_limit_headers
+from .headers import policy_field, problem_body, rate_limit_headers
 from .keys import client_ip, resolve, resolve_async
 from .limiter import Limiter
 from .metrics import NullMetrics
@@ -150,8 +150,8 @@ class Enforcer:
     def _headers(self, decision: Decision, rules: Sequence[Rule], denied: bool) -> list[tuple[str, str]]:
         if not (self.headers or denied):
             return []
-        names, rates = _policies(tuple(rules))
-        return rate_limit_headers(decision, names, rates, legacy=self.legacy_headers)
+        names, rates, policy = _policies(tuple(rules))
+        return rate_limit_headers(decision, names, rates, legacy=self.legacy_headers, policy=policy)
 
     def _outcome(
         self, decision: Decision | None, enforcing: list[Rule], shadow: Decision | None, shadows: list[Rule]
@@ -187,9 +187,16 @@ class Enforcer:
 
     # -- sync and async: the same steps, with or without await ------------------------
 
-    def check(self, request: RequestInfo, rules: Sequence[Rule] | None = None) -> Outcome:
-        """Decide ``request`` from a sync adapter."""
-        matched = self.matching(request, rules)
+    def check(
+        self,
+        request: RequestInfo,
+        rules: Sequence[Rule] | None = None,
+        *,
+        matched: Sequence[Rule] | None = None,
+    ) -> Outcome:
+        """Decide ``request`` from a sync adapter (``matched``: rules the caller already matched)."""
+        if matched is None:
+            matched = self.matching(request, rules)
         if not matched:
             return Outcome("skip")
         planned = self._items(matched, [_safely(resolve, r, request) for r in matched], request)
@@ -200,9 +207,16 @@ class Enforcer:
         shadow = self.limiter.hit_many(shadow_items) if shadow_items else None
         return self._outcome(decision, enforcing, shadow, shadows)
 
-    async def acheck(self, request: RequestInfo, rules: Sequence[Rule] | None = None) -> Outcome:
-        """Decide ``request`` from an asyncio adapter."""
-        matched = self.matching(request, rules)
+    async def acheck(
+        self,
+        request: RequestInfo,
+        rules: Sequence[Rule] | None = None,
+        *,
+        matched: Sequence[Rule] | None = None,
+    ) -> Outcome:
+        """Decide ``request`` from an asyncio adapter (``matched``: rules the caller already matched)."""
+        if matched is None:
+            matched = self.matching(request, rules)
         if not matched:
             return Outcome("skip")
         identities = []
@@ -235,11 +249,11 @@ def _safely(resolver: Any, rule: Rule, request: RequestInfo) -> str | None:
 
 
 @lru_cache(maxsize=1024)
-def _policies(rules: tuple[Rule, ...]) -> tuple[tuple[str, ...], tuple[Rate, ...]]:
-    """Policy names and rates of a group of rules, one per limit (fixed per rule set)."""
+def _policies(rules: tuple[Rule, ...]) -> tuple[tuple[str, ...], tuple[Rate, ...], str]:
+    """Policy names, rates and the RateLimit-Policy value of a group of rules (fixed per rule set)."""
     names: list[str] = []
     rates: list[Rate] = []
     for rule in rules:
         names += rule.policy_names
         rates += rule.rates
-    return tuple(names), tuple(rates)
+    return tuple(names), tuple(rates), policy_field(tuple(names), tuple(rates))

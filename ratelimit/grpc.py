@@ -279,7 +279,9 @@ class RateLimitInterceptor(_Base, grpc.ServerInterceptor):  # type: ignore[misc]
             return handler
 
         def gate(context: Any) -> None:
-            status = _verdict(self.enforcer.check(self._request(handler_call_details, context), rules))
+            status = _verdict(
+                self.enforcer.check(self._request(handler_call_details, context), matched=rules)
+            )
             if status is not None:
                 _abort(context, status)
 
@@ -306,7 +308,9 @@ class AsyncRateLimitInterceptor(_Base, grpc.aio.ServerInterceptor):  # type: ign
             return handler
 
         async def decide(context: Any) -> Any:
-            return _verdict(await self.enforcer.acheck(self._request(handler_call_details, context), rules))
+            return _verdict(
+                await self.enforcer.acheck(self._request(handler_call_details, context), matched=rules)
+            )
 
         async def agate(context: Any) -> None:
             status = await decide(context)

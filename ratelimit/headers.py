@@ -69,7 +69,7 @@ def _t(status: LimitStatus) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _policy_field(names: tuple[str, ...], rates: tuple[Rate, ...]) -> str:
+def policy_field(names: tuple[str, ...], rates: tuple[Rate, ...]) -> str:
     # Depends only on the rules, so it is built once per rule set.
     return ", ".join(
         f"{sf_string(name)};q={rate.limit};w={max(1, _seconds(rate.window))}"
@@ -88,17 +88,20 @@ def rate_limit_headers(
     rates: Sequence[Rate] | None = None,
     *,
     legacy: bool = True,
+    policy: str | None = None,
 ) -> list[tuple[str, str]]:
     """The RateLimit header fields for ``decision``; ``names`` (and ``rates``) have one entry per limit.
 
     ``rates`` defaults to the rates in ``decision.limits``; passing them lets a
-    single-limit decision skip building its per-limit statuses.
+    single-limit decision skip building its per-limit statuses; ``policy`` is the
+    ``RateLimit-Policy`` value when the caller has it already (see :func:`policy_field`).
     """
     if not names:
         return []
-    if rates is None:
-        rates = tuple(s.rate for s in decision.limits)
-    policy = _policy_field(tuple(names), tuple(rates))
+    if policy is None:
+        if rates is None:
+            rates = tuple(s.rate for s in decision.limits)
+        policy = policy_field(tuple(names), tuple(rates))
     if len(names) == 1:
         t = decision.retry_after if decision.retry_after > 0 else decision.reset_after
         current = f"{_sf_cached(names[0])};r={decision.remaining};t={_seconds(t)}"
@@ -168,6 +171,12 @@ def combine_fields(
     become one structured-field list each, ``X-RateLimit-*`` come from the tightest
     (fewest remaining) and ``Retry-After`` is the longest.
     """
+    response = response if isinstance(response, list) else list(response)
+    if not any(name.lower() in RATE_FIELDS for name, _ in response):
+        names = [k for k, _ in added]
+        if len(set(names)) == len(names):
+            # The common case: one decision's fields on a response that has none.
+            return response + encode_fields(added)
     out: list[tuple[bytes, bytes]] = []
     fields: list[tuple[bytes, bytes]] = []
     for name, value in response:

@@ -55,7 +55,7 @@ def compile_path(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: rules are configuration objects
 class Rule:
     """A named limit: which requests (paths, methods), per what (key), how many (rates).
 
