@@ -58,6 +58,7 @@ class Decision:
     """
 
     __slots__ = (
+        "_charge",
         "_limits",
         "_make_limits",
         "allowed",
@@ -86,6 +87,7 @@ class Decision:
         self.retry_after = retry_after
         self.fallback = fallback
         self.from_cache = False  # answered by the deny cache, without the backend
+        self._charge: Any = None  # (plan, server times) when this decision charged counters
         self._limits = limits
         self._make_limits: Callable[[], tuple[LimitStatus, ...]] | None = None
 

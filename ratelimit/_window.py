@@ -15,6 +15,7 @@ from typing import Protocol
 __all__ = [
     "CounterStore",
     "ScriptRequest",
+    "refund_one",
     "reset_after_us",
     "retry_after_us",
     "run_batch",
@@ -77,6 +78,25 @@ def run_one(
                 counts[2 * i + 1] = c
                 store.put(key, idxs[i], counts[2 * i], c, (idxs[i] + 2) * w)
     return allowed, counts
+
+
+def refund_one(store: CounterStore, now_us: int, keys: Sequence[str], args: Sequence[int]) -> None:
+    """Give back a charge made at ``now_us``: the twin of ``lua/refund.lua``.
+
+    ``args`` holds ``window_us, cost`` per key. The hit was counted in window
+    ``floor(now_us / W)``; if that window has since become the previous one, the
+    refund comes off the previous count. Counts never go below zero.
+    """
+    for i, key in enumerate(keys):
+        w, cost = args[2 * i], args[2 * i + 1]
+        idx = floor(now_us / w)
+        st = store.get(key, now_us)
+        if st is None:
+            continue
+        if st[0] == idx:
+            store.put(key, st[0], st[1], max(0, st[2] - cost), (st[0] + 2) * w)
+        elif st[0] == idx + 1:
+            store.put(key, st[0], max(0, st[1] - cost), st[2], (st[0] + 2) * w)
 
 
 def _fits(p: int, c: int, elapsed: int, w: int, limit: int, cost: int) -> bool:

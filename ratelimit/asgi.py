@@ -93,6 +93,7 @@ class _Context(context.RequestContext):
         self._added: list[tuple[str, str]] | None = None
         self.render = render
         self.framework = "asgi"
+        self.charges = None
 
     @property
     def request(self) -> RequestInfo:
@@ -194,6 +195,7 @@ class RateLimitMiddleware:
                     await self._deny(scope, receive, send, outcome)
                     return
                 added = outcome.headers
+                ctx.record(self.enforcer.limiter, outcome)
             started = False
 
             async def send_with_headers(message: Message) -> None:
@@ -225,6 +227,7 @@ class RateLimitMiddleware:
                     await self._deny(scope, receive, send, outcome)
                     return
                 added = outcome.headers
+                ctx.record(self.enforcer.limiter, outcome)
             state = "connecting"
 
             async def send_with_headers(message: Message) -> None:
@@ -388,6 +391,8 @@ class RateLimit:
         if outcome.action == "deny" or outcome.action == "reject":
             from fastapi import HTTPException
 
+            if ctx is not None:
+                await ctx.refund_async()  # the middleware's charges: denied means nothing counts
             raise HTTPException(
                 outcome.status, detail=json.loads(outcome.body), headers=dict(outcome.headers)
             )

@@ -29,13 +29,37 @@ class RequestContext:
             framework's native response (what an endpoint may return).
         headers: header fields that decorators add; the middleware appends them to
             the response it sends.
-        framework: ``"asgi"``, ``"wsgi"`` or ``"django"``, for error messages.
+        framework: ``"asgi"``, ``"wsgi"``, ``"flask"`` or ``"django"``, for error messages.
+        charges: ``(limiter, decision)`` pairs the middleware charged for this request;
+            a decorator that denies the request refunds them, so a denied request
+            consumes nothing anywhere (see :meth:`ratelimit.Limiter.refund`).
     """
 
     request: RequestInfo
     render: Callable[[Outcome], Any]
     headers: list[tuple[str, str]] = field(default_factory=list)
     framework: str = "asgi"
+    charges: list[tuple[Any, Any]] | None = None
+
+    def record(self, limiter: Any, outcome: Outcome) -> None:
+        """Remember what an allowed ``outcome`` charged, for a later denial to refund."""
+        for decision in (outcome.decision, outcome.shadow):
+            if decision is not None and decision._charge is not None:
+                if self.charges is None:
+                    self.charges = []
+                self.charges.append((limiter, decision))
+
+    def refund_sync(self) -> None:
+        """Refund every recorded charge (a later check denied the request)."""
+        charges, self.charges = self.charges, None
+        for limiter, decision in charges or ():
+            limiter.refund(decision)
+
+    async def refund_async(self) -> None:
+        """Async :meth:`refund_sync`."""
+        charges, self.charges = self.charges, None
+        for limiter, decision in charges or ():
+            await limiter.arefund(decision)
 
 
 current: ContextVar[RequestContext | None] = ContextVar("ratelimit_request", default=None)

@@ -113,6 +113,7 @@ def limit(
                 ctx = _find_context(args, kwargs)
                 outcome = await enforcer.acheck(ctx.request)
                 if outcome.action in ("deny", "reject"):
+                    await ctx.refund_async()  # the middleware's charges: denied means nothing counts
                     return ctx.render(outcome)
                 ctx.headers.extend(outcome.headers)
                 return await original(*args, **kwargs)
@@ -125,6 +126,7 @@ def limit(
                 ctx = _find_context(args, kwargs)
                 outcome = enforcer.check(ctx.request)
                 if outcome.action in ("deny", "reject"):
+                    ctx.refund_sync()  # the middleware's charges: denied means nothing counts
                     return ctx.render(outcome)
                 ctx.headers.extend(outcome.headers)
                 return original(*args, **kwargs)

@@ -136,6 +136,7 @@ class RateLimitMiddleware:
         if outcome.action in ("deny", "reject"):
             return render(outcome)
         ctx = context.RequestContext(info, render, list(outcome.headers), framework="django")
+        ctx.record(self.enforcer.limiter, outcome)
         token = context.current.set(ctx)
         try:
             response = self.get_response(request)

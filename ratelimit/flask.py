@@ -129,6 +129,7 @@ class RateLimit:
         if outcome.action in ("deny", "reject"):
             return render(outcome)
         ctx.headers.extend(outcome.headers)
+        ctx.record(self.enforcer.limiter, outcome)
         return None
 
     def _after_request(self, response: flask.Response) -> flask.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from types import TracebackType
@@ -17,6 +18,8 @@ from .backends.base import Backend, BackendError
 from .backends.memory import DEFAULT_MAX_KEYS, MemoryBackend
 
 __all__ = ["Limiter"]
+
+log = logging.getLogger("ratelimit")
 
 _PLAN_CACHE_SIZE = 8192
 
@@ -138,8 +141,11 @@ class Limiter:
         if self._breaker.is_open:
             self._breaker.success()
         decision = decide(plan, *raw)
-        if self.deny_cache is not None and not decision.allowed:
-            self.deny_cache.put(plan, decision)
+        if not decision.allowed:
+            if self.deny_cache is not None:
+                self.deny_cache.put(plan, decision)
+        elif plan.commit:
+            decision._charge = (plan, raw[1])
         return decision
 
     def _fallback(self, plan: Plan, error: BaseException | None) -> Decision:
@@ -248,6 +254,38 @@ class Limiter:
             missing_identity=missing_identity,
             trusted_proxies=trusted_proxies,
         )
+
+    def refund(self, decision: Decision) -> bool:
+        """Give back what an allowed ``decision`` of this limiter charged.
+
+        For compensating a request that another check denied later (a route decorator
+        after the middleware, say), so that a denied request ends up consuming nothing.
+        Best effort: returns False when there is nothing to refund (a denial, a peek,
+        a fallback) or the backend failed (logged, never raised).
+        """
+        charge = decision._charge
+        if charge is None:
+            return False
+        decision._charge = None
+        try:
+            self.backend.refund(*charge)
+        except Exception:
+            log.warning("rate limit refund failed", exc_info=True)
+            return False
+        return True
+
+    async def arefund(self, decision: Decision) -> bool:
+        """Async :meth:`refund`."""
+        charge = decision._charge
+        if charge is None:
+            return False
+        decision._charge = None
+        try:
+            await self.backend.arefund(*charge)
+        except Exception:
+            log.warning("rate limit refund failed", exc_info=True)
+            return False
+        return True
 
     def close(self) -> None:
         """Release the backend's sync connections."""

@@ -154,6 +154,7 @@ class RateLimitMiddleware:
             return response
 
         ctx = context.RequestContext(request, render, list(outcome.headers), framework="wsgi")
+        ctx.record(self.enforcer.limiter, outcome)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if ctx.headers:

@@ -13,10 +13,11 @@ from typing import Any
 from ratelimit._keyspace import glob_escape
 from ratelimit._plan import Plan
 from ratelimit._scripts import lua_script
-from ratelimit.backends._codec import decode, encode
+from ratelimit.backends._codec import decode, encode, refund_args
 from ratelimit.backends.base import RawResult, SyncBackend
 
 SCRIPT = lua_script("sliding_window")
+REFUND = lua_script("refund")
 
 
 def run_lua(client: Any, plans: Sequence[Plan], now_us: int) -> list[RawResult]:
@@ -45,3 +46,9 @@ class LuaClockBackend(SyncBackend):
         for prefix in prefixes:
             found.update(k.decode() for k in self.client.scan_iter(match=glob_escape(prefix) + "*"))
         return sum(int(self.client.delete(k)) for k in found)
+
+    def refund(self, plan: Plan, nows: Sequence[int]) -> None:
+        charged = [i for i in range(len(plan.keys)) if plan.args[3 * i + 2] > 0]
+        if charged:
+            keys, argv = refund_args(plan, charged, nows[0])
+            self.client.eval(REFUND.source, len(keys), *keys, *argv)

@@ -119,6 +119,11 @@ class FlakyBackend(SyncBackend):
     def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
         return self.inner.delete(keys, prefixes)
 
+    def refund(self, plan: Plan, nows: Sequence[int]) -> None:
+        if self.broken:
+            raise BackendError("connection refused")
+        self.inner.refund(plan, nows)
+
 
 def test_flaky_backend_is_a_backend() -> None:
     """The Backend protocol is checkable at runtime."""

@@ -36,6 +36,10 @@ class Backend(Protocol):
 
     async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int: ...
 
+    def refund(self, plan: Plan, nows: Sequence[int]) -> None: ...
+
+    async def arefund(self, plan: Plan, nows: Sequence[int]) -> None: ...
+
     def close(self) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -63,6 +67,14 @@ class SyncBackend:
     async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
         """Same as :meth:`delete`."""
         return self.delete(keys, prefixes)
+
+    def refund(self, plan: Plan, nows: Sequence[int]) -> None:
+        """Give back what ``plan`` charged at server times ``nows`` (one per counter)."""
+        raise NotImplementedError
+
+    async def arefund(self, plan: Plan, nows: Sequence[int]) -> None:
+        """Same as :meth:`refund`."""
+        self.refund(plan, nows)
 
     def close(self) -> None:
         """Nothing to release by default."""

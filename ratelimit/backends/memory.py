@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from .._plan import Plan
-from .._window import run_one
+from .._window import refund_one, run_one
 from .base import RawResult, SyncBackend
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryBackend"]
@@ -119,3 +119,13 @@ class MemoryBackend(SyncBackend):
             for key in gone:
                 del data[key]
             return len(gone)
+
+    def refund(self, plan: Plan, nows: Sequence[int]) -> None:
+        """Give back what ``plan`` charged at ``nows`` (see :func:`ratelimit._window.refund_one`)."""
+        keys = [k for i, k in enumerate(plan.keys) if plan.args[3 * i + 2] > 0]
+        args: list[int] = []
+        for i in range(len(plan.keys)):
+            if plan.args[3 * i + 2] > 0:
+                args += (plan.args[3 * i], plan.args[3 * i + 2])
+        with self._lock:
+            refund_one(self._store, nows[0], keys, args)

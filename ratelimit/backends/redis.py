@@ -180,6 +180,17 @@ class RedisBackend:
             self._call(self.client, keys, argv, _REFUND)
         return merged
 
+    def refund(self, plan: Plan, nows: Sequence[int]) -> None:
+        """Give back what ``plan`` charged (``lua/refund.lua``, one call per hash slot)."""
+        for keys, argv in _refunds(plan, nows, self.cluster):
+            self._call(self.client, keys, argv, _REFUND)
+
+    async def arefund(self, plan: Plan, nows: Sequence[int]) -> None:
+        """Async :meth:`refund`."""
+        client, _ = self._async_state()
+        for keys, argv in _refunds(plan, nows, self.cluster):
+            await self._acall(client, keys, argv, _REFUND)
+
     def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
         """Delete counters by key and by literal key prefix (via SCAN)."""
         try:
@@ -356,6 +367,16 @@ def _merge(
             counts[2 * i] = p
             counts[2 * i + 1] = c - part.args[3 * j + 2] if charged else c
     return (allowed, nows, counts), refunds
+
+
+def _refunds(plan: Plan, nows: Sequence[int], cluster: bool) -> list[tuple[list[str], list[Any]]]:
+    groups = _slot_groups(plan) if cluster else [list(range(len(plan.keys)))]
+    out = []
+    for group in groups:
+        charged = [i for i in group if plan.args[3 * i + 2] > 0]
+        if charged:
+            out.append(refund_args(plan, charged, nows[charged[0]]))
+    return out
 
 
 def _delete_sync(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> int:
