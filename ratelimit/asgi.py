@@ -28,10 +28,9 @@ from ._rate import RateLike
 from .decorators import RateLimitExceeded, register_context_finder
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import combine_fields, encode_fields
-from .keys import client_ip
 from .limiter import Limiter
 from .request import Headers, RequestInfo
-from .rules import Rule, _slug, rules_from_limits
+from .rules import Rule, _slug
 
 __all__ = ["ASGIApp", "DenialHook", "Message", "RateLimit", "RateLimitMiddleware", "Receive", "Scope", "Send"]
 
@@ -159,21 +158,21 @@ class RateLimitMiddleware:
         trusted_proxies: int = 0,
     ) -> None:
         self.app = app
-        default_key = client_ip(trusted_proxies)
-        all_rules = [*rules, *rules_from_limits(limits or {}, key if key is not None else default_key)]
-        self.enforcer = Enforcer(
+        self.enforcer = Enforcer.for_adapter(
             limiter,
-            all_rules,
+            "asgi",
+            rules,
+            limits=limits,
+            key=key,
             trusted_proxies=trusted_proxies,
             missing_identity=missing_identity,
             headers=headers,
             legacy_headers=legacy_headers,
             metrics=metrics,
-            adapter="asgi",
         )
         self.websockets = websockets
         self.on_denied = on_denied
-        self._checks = bool(all_rules)
+        self._checks = bool(self.enforcer.rules)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -43,10 +43,8 @@ from django.utils.module_loading import import_string  # type: ignore[import-unt
 from . import context
 from .decorators import RateLimitExceeded
 from .enforce import Enforcer, Outcome
-from .keys import client_ip
 from .limiter import Limiter
 from .rules import Rule
-from .rules import rules_from_limits as _limit_rules
 from .wsgi import _merge_headers, request_info
 
 __all__ = ["RateLimitMiddleware", "render"]
@@ -103,18 +101,17 @@ def _config(options: Mapping[str, Any]) -> Enforcer:
     if isinstance(key, type):  # "ratelimit.keys.client_ip": the class, called with no arguments
         key = key()
     try:
-        return Enforcer(
+        return Enforcer.for_adapter(
             _limiter(options.get("LIMITER", "memory://")),
-            [
-                *_rules(options.get("RULES", ())),
-                *_limit_rules(options.get("LIMITS") or {}, client_ip(proxies) if key is None else key),
-            ],
+            "django",
+            _rules(options.get("RULES", ())),
+            limits=options.get("LIMITS"),
+            key=key,
             trusted_proxies=proxies,
             missing_identity=options.get("MISSING_IDENTITY", "ip"),
             headers=options.get("HEADERS", True),
             legacy_headers=options.get("LEGACY_HEADERS", True),
             metrics=_load(options.get("METRICS")),
-            adapter="django",
         )
     except (TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"RATELIMIT: {exc}") from exc

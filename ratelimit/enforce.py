@@ -8,19 +8,19 @@ Every adapter (ASGI, WSGI, gRPC, decorators) calls :meth:`Enforcer.check` or
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
 from ._decision import Decision
-from ._rate import Rate
+from ._rate import Rate, RateLike
 from .headers import policy_field, problem_body, rate_limit_headers
 from .keys import client_ip, resolve, resolve_async
 from .limiter import Limiter
 from .metrics import NullMetrics
 from .request import RequestInfo
-from .rules import Rule
+from .rules import Rule, rules_from_limits
 
 __all__ = ["Enforcer", "MissingIdentity", "Outcome"]
 
@@ -106,6 +106,27 @@ class Enforcer:
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.adapter = adapter
         self.ip_key = client_ip(trusted_proxies)
+
+    @classmethod
+    def for_adapter(
+        cls,
+        limiter: Limiter,
+        adapter: str,
+        rules: Iterable[Rule] = (),
+        *,
+        limits: Mapping[str, RateLike] | None = None,
+        key: Any = None,
+        trusted_proxies: int = 0,
+        **options: Any,
+    ) -> Enforcer:
+        """What every middleware builds: its rules plus the ``limits`` shorthand.
+
+        ``limits`` rules (:func:`~ratelimit.rules.rules_from_limits`) are keyed by
+        ``key``, by default the client IP behind ``trusted_proxies`` proxies.
+        """
+        default_key = client_ip(trusted_proxies) if key is None else key
+        all_rules = [*rules, *rules_from_limits(limits or {}, default_key)]
+        return cls(limiter, all_rules, adapter=adapter, trusted_proxies=trusted_proxies, **options)
 
     def matching(self, request: RequestInfo, rules: Sequence[Rule] | None = None) -> list[Rule]:
         """The rules that apply to ``request``."""

@@ -30,10 +30,8 @@ from ._rate import RateLike
 from .context import RequestContext
 from .decorators import RateLimitExceeded, register_context_finder
 from .enforce import Enforcer, MissingIdentity, Outcome
-from .keys import client_ip
 from .limiter import Limiter
 from .rules import Rule
-from .rules import rules_from_limits as _limit_rules
 from .wsgi import RateLimitMiddleware, _merge_headers, request_info
 
 __all__ = ["RateLimit", "render"]
@@ -98,7 +96,6 @@ class RateLimit:
             raise ValueError(f"mode must be 'middleware' or 'hooks', got {mode!r}")
         self.limiter = limiter
         self.mode = mode
-        self.rules = (*rules, *_limit_rules(limits or {}, client_ip(trusted_proxies) if key is None else key))
         self.options: dict[str, Any] = {
             "trusted_proxies": trusted_proxies,
             "missing_identity": missing_identity,
@@ -106,7 +103,8 @@ class RateLimit:
             "legacy_headers": legacy_headers,
             "metrics": metrics,
         }
-        self.enforcer = Enforcer(limiter, self.rules, adapter="flask", **self.options)
+        self.enforcer = Enforcer.for_adapter(limiter, "flask", rules, limits=limits, key=key, **self.options)
+        self.rules = self.enforcer.rules
         if app is not None:
             self.init_app(app)
 

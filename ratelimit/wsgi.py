@@ -34,10 +34,8 @@ from .decorators import RateLimitExceeded
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import RATE_FIELDS as _RATE_FIELDS
 from .headers import combine_fields as _combine
-from .keys import client_ip
 from .request import Headers, RequestInfo
 from .rules import Rule
-from .rules import rules_from_limits as _limit_rules
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -125,15 +123,17 @@ class RateLimitMiddleware:
         self.app = app
         self.limiter = limiter
         self.on_denied = on_denied
-        self.enforcer = Enforcer(
+        self.enforcer = Enforcer.for_adapter(
             limiter,
-            [*rules, *_limit_rules(limits or {}, client_ip(trusted_proxies) if key is None else key)],
+            "wsgi",
+            rules,
+            limits=limits,
+            key=key,
             trusted_proxies=trusted_proxies,
             missing_identity=missing_identity,
             headers=headers,
             legacy_headers=legacy_headers,
             metrics=metrics,
-            adapter="wsgi",
         )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
