@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 __all__ = [
@@ -59,6 +59,11 @@ class Rate:
 
     limit: int
     window: float
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        # Rates key every plan-cache lookup: hash once, not on each lookup.
+        return self._hash
 
     def __post_init__(self) -> None:
         limit, window = self.limit, self.window
@@ -75,6 +80,7 @@ class Rate:
         # Windows are whole milliseconds so that every backend agrees on their edges.
         window_ms = round(float(window) * 1000)
         object.__setattr__(self, "window", window_ms / 1000)
+        object.__setattr__(self, "_hash", hash((limit, window_ms)))
 
     @property
     def window_us(self) -> int:

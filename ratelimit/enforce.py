@@ -104,6 +104,7 @@ class Enforcer:
         self.headers = headers
         self.legacy_headers = legacy_headers
         self.metrics = metrics if metrics is not None else NullMetrics()
+        self._counting = metrics is not None  # skip per-rule metric calls when nobody listens
         self.adapter = adapter
         self.ip_key = client_ip(trusted_proxies)
 
@@ -188,11 +189,12 @@ class Enforcer:
             hdrs = [h for h in self._headers(shadow, shadows, False) if h[0] != "Retry-After"]
             names = _policies(tuple(shadows))[0]
             return Outcome("allow", headers=hdrs, decision=shadow, shadow=shadow, names=names)
-        result = "fallback" if decision.fallback else ("allowed" if decision.allowed else "denied")
-        for rule in enforcing:
-            metrics.decision(rule.name, result, adapter)
-            if decision.from_cache:
-                metrics.deny_cache_hit(rule.name)
+        if self._counting:
+            result = "fallback" if decision.fallback else ("allowed" if decision.allowed else "denied")
+            for rule in enforcing:
+                metrics.decision(rule.name, result, adapter)
+                if decision.from_cache:
+                    metrics.deny_cache_hit(rule.name)
         names = _policies(tuple(enforcing))[0]
         if decision.allowed:
             hdrs = self._headers(decision, enforcing, False)

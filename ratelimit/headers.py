@@ -151,7 +151,19 @@ RATE_FIELDS = frozenset((_POLICY, _CURRENT, _RETRY, _LIMIT, _REMAINING, b"x-rate
 
 def encode_fields(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """Header fields as the lower-cased latin-1 bytes ASGI servers use."""
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    names = _ENCODED_NAMES
+    out = []
+    for k, v in headers:
+        name = names.get(k)
+        if name is None:
+            name = k.lower().encode("latin-1")
+            if len(names) < 256:
+                names[k] = name
+        out.append((name, v.encode("latin-1")))
+    return out
+
+
+_ENCODED_NAMES: dict[str, bytes] = {}
 
 
 def _number(value: bytes) -> int:
