@@ -17,8 +17,9 @@ from typing import Any
 from .._plan import Plan
 from .._scripts import lua_script
 from ._batcher import BackendTimeout, Batcher
-from ._codec import decode, encode, refund_args
+from ._codec import decode, encode
 from ._redis_urls import RedisTarget, make_clients, parse_redis_url
+from ._slots import merge_slots, refund_calls, slot_groups, slot_of, subplan
 from .base import BackendError, RawResult
 
 try:
@@ -118,10 +119,10 @@ class RedisBackend:
             return None
         if not self.cluster:
             return batcher
-        groups = _slot_groups(plan)
+        groups = slot_groups(plan)
         if len(groups) > 1:
             return None  # cross-slot: decided per slot, see _aevaluate_cross_slot
-        slot = _slot(plan.keys[0])
+        slot = slot_of(plan.keys[0])
         found = self._slot_batchers.get(slot)
         if found is None:
             assert self._loop is not None
@@ -166,29 +167,29 @@ class RedisBackend:
     def evaluate(self, plan: Plan) -> RawResult:
         """Decide ``plan`` with one script call (per hash slot on a cluster)."""
         if self.cluster:
-            groups = _slot_groups(plan)
+            groups = slot_groups(plan)
             if len(groups) > 1:
-                return self._evaluate_cross_slot(plan, groups)
+                return self._evaluate_crossslot_of(plan, groups)
         keys, argv = encode((plan,))
         return decode(self._call(self.client, keys, argv), (plan,))[0]
 
-    def _evaluate_cross_slot(self, plan: Plan, groups: list[list[int]]) -> RawResult:
-        parts = [_subplan(plan, g) for g in groups]
+    def _evaluate_crossslot_of(self, plan: Plan, groups: list[list[int]]) -> RawResult:
+        parts = [subplan(plan, g) for g in groups]
         results = [decode(self._call(self.client, *encode((p,))), (p,))[0] for p in parts]
-        merged, refunds = _merge(plan, groups, parts, results)
+        merged, refunds = merge_slots(plan, groups, parts, results)
         for _, (keys, argv) in refunds:
             self._call(self.client, keys, argv, _REFUND)
         return merged
 
     def refund(self, plan: Plan, nows: Sequence[int]) -> None:
         """Give back what ``plan`` charged (``lua/refund.lua``, one call per hash slot)."""
-        for keys, argv in _refunds(plan, nows, self.cluster):
+        for keys, argv in refund_calls(plan, nows, self.cluster):
             self._call(self.client, keys, argv, _REFUND)
 
     async def arefund(self, plan: Plan, nows: Sequence[int]) -> None:
         """Async :meth:`refund`."""
         client, _ = self._async_state()
-        for keys, argv in _refunds(plan, nows, self.cluster):
+        for keys, argv in refund_calls(plan, nows, self.cluster):
             await self._acall(client, keys, argv, _REFUND)
 
     def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
@@ -269,17 +270,17 @@ class RedisBackend:
 
     async def _aevaluate_direct(self, client: Any, plan: Plan) -> RawResult:
         if self.cluster:
-            groups = _slot_groups(plan)
+            groups = slot_groups(plan)
             if len(groups) > 1:
-                return await self._aevaluate_cross_slot(client, plan, groups)
+                return await self._aevaluate_crossslot_of(client, plan, groups)
         keys, argv = encode((plan,))
         return decode(await self._acall(client, keys, argv), (plan,))[0]
 
-    async def _aevaluate_cross_slot(self, client: Any, plan: Plan, groups: list[list[int]]) -> RawResult:
-        parts = [_subplan(plan, g) for g in groups]
+    async def _aevaluate_crossslot_of(self, client: Any, plan: Plan, groups: list[list[int]]) -> RawResult:
+        parts = [subplan(plan, g) for g in groups]
         replies = await asyncio.gather(*(self._acall(client, *encode((p,))) for p in parts))
         results = [decode(r, (p,))[0] for r, p in zip(replies, parts, strict=True)]
-        merged, refunds = _merge(plan, groups, parts, results)
+        merged, refunds = merge_slots(plan, groups, parts, results)
         await asyncio.gather(*(self._acall(client, k, a, _REFUND) for _, (k, a) in refunds))
         return merged
 
@@ -324,59 +325,6 @@ async def _bounded(coro: Any, seconds: float) -> Any:
         async with asyncio.timeout(seconds):
             return await coro
     return await asyncio.wait_for(coro, seconds)  # pragma: no cover - Python 3.10
-
-
-def _slot(key: str) -> int:
-    from redis.crc import key_slot
-
-    return int(key_slot(key.encode()))
-
-
-def _slot_groups(plan: Plan) -> list[list[int]]:
-    groups: dict[int, list[int]] = {}
-    for i, key in enumerate(plan.keys):
-        groups.setdefault(_slot(key), []).append(i)
-    return list(groups.values())
-
-
-def _subplan(plan: Plan, indexes: list[int]) -> Plan:
-    args: list[int] = []
-    for i in indexes:
-        args += plan.args[3 * i : 3 * i + 3]
-    return Plan(plan.commit, tuple(plan.keys[i] for i in indexes), tuple(args), ())
-
-
-def _merge(
-    plan: Plan, groups: list[list[int]], parts: list[Plan], results: list[RawResult]
-) -> tuple[RawResult, list[tuple[Plan, tuple[list[str], list[Any]]]]]:
-    """Join per-slot answers; when any slot denied, refund the slots that charged."""
-    allowed = all(r[0] for r in results)
-    n = len(plan.keys)
-    nows = [0] * n
-    counts = [0] * (2 * n)
-    refunds = []
-    for indexes, part, (ok, part_nows, part_counts) in zip(groups, parts, results, strict=True):
-        charged = ok and plan.commit and not allowed
-        if charged:
-            local = [j for j in range(len(indexes)) if part.args[3 * j + 2] > 0]
-            if local:
-                refunds.append((part, refund_args(part, local, part_nows[0])))
-        for j, i in enumerate(indexes):
-            nows[i] = part_nows[j]
-            p, c = part_counts[2 * j], part_counts[2 * j + 1]
-            counts[2 * i] = p
-            counts[2 * i + 1] = c - part.args[3 * j + 2] if charged else c
-    return (allowed, nows, counts), refunds
-
-
-def _refunds(plan: Plan, nows: Sequence[int], cluster: bool) -> list[tuple[list[str], list[Any]]]:
-    groups = _slot_groups(plan) if cluster else [list(range(len(plan.keys)))]
-    out = []
-    for group in groups:
-        charged = [i for i in group if plan.args[3 * i + 2] > 0]
-        if charged:
-            out.append(refund_args(plan, charged, nows[charged[0]]))
-    return out
 
 
 def _delete_sync(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> int:
