@@ -12,10 +12,9 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from math import ceil
 from secrets import token_hex
 
-from . import __version__
+from . import __version__, headers
 from ._decision import Decision, LimitStatus
 from .backends.base import BackendError
 from .limiter import Limiter
@@ -57,18 +56,13 @@ def tightest(decision: Decision) -> LimitStatus:
 def rate_limit_headers(decision: Decision, names: dict[str, str] = _NAMES) -> list[tuple[str, str]]:
     """The IETF draft-10 RateLimit fields a response would carry, for the tightest limit.
 
-    ``names`` maps ``str(rate)`` to policy names; seconds are rounded up. ``t`` is the
-    retry-after when denied (quota back for this request), else the reset-after (all of
-    it back). A denial also carries ``Retry-After``.
+    ``names`` maps ``str(rate)`` to policy names. The fields come from
+    :func:`ratelimit.headers.rate_limit_headers` (the adapters' own), narrowed to the
+    tightest limit to keep the demo readable; a denial also carries ``Retry-After``.
     """
     s = tightest(decision)
-    name = names.get(str(s.rate), "user")
-    t = decision.retry_after if decision.denied else s.reset_after
-    out = [
-        ("RateLimit-Policy", f'"{name}";q={s.rate.limit};w={ceil(s.rate.window)}'),
-        ("RateLimit", f'"{name}";r={decision.remaining};t={ceil(t)}'),
-    ]
-    return [*out, ("Retry-After", str(ceil(t)))] if decision.denied else out
+    one = Decision.from_limits(decision.allowed, (s,))
+    return headers.rate_limit_headers(one, [names.get(str(s.rate), "user")], legacy=False)
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
