@@ -21,7 +21,8 @@ class Headers:
     __slots__ = ("_environ", "_pairs")
 
     def __init__(self, pairs: Iterable[tuple[str | bytes, str | bytes]] = ()) -> None:
-        self._pairs = list(pairs)
+        # ASGI servers hand over a list: wrap it as it is (headers are read-only here).
+        self._pairs = pairs if isinstance(pairs, list) else list(pairs)
         self._environ: Mapping[str, Any] | None = None
 
     @classmethod
