@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from _redis import ZERO_COUNTS, CommandCounts
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,6 +48,46 @@ class RunResult:
     def denied_share(self) -> float:
         """Share of responses that were 429 Too Many Requests."""
         return self.statuses[429] / self.requests if self.requests else 0.0
+
+
+V = TypeVar("V")
+
+
+@dataclass
+class VariantResult(Generic[V]):
+    """Everything measured for one variant over all rounds (shared by every bench)."""
+
+    variant: V
+    runs: list[RunResult] = field(default_factory=list)
+    commands: CommandCounts = ZERO_COUNTS
+    fallbacks: int = 0  #: measured decisions made by the failure policy (backend failed)
+    error: str | None = None
+
+    @property
+    def median_rps(self) -> float:
+        """Median requests/s over the rounds."""
+        return statistics.median(r.rps for r in self.runs) if self.runs else 0.0
+
+    @property
+    def requests(self) -> int:
+        """Requests measured over all rounds."""
+        return sum(r.requests for r in self.runs)
+
+    @property
+    def denied_share(self) -> float:
+        """Share of 429 answers over all measured rounds."""
+        n = self.requests
+        return sum(r.statuses[429] for r in self.runs) / n if n else 0.0
+
+    @property
+    def unexpected_statuses(self) -> dict[int, int]:
+        """Statuses other than 200 and 429, with their counts."""
+        out: dict[int, int] = {}
+        for r in self.runs:
+            for status, count in r.statuses.items():
+                if status not in (200, 429):
+                    out[status] = out.get(status, 0) + count
+        return out
 
 
 def subject_headers(n_subjects: int) -> list[list[tuple[bytes, bytes]]]:

@@ -47,8 +47,8 @@ from _apps import (  # noqa: E402
     bare_fastapi,
     bare_starlette,
 )
-from _driver import RunResult, drive  # noqa: E402
-from _redis import ZERO_COUNTS, CommandCounts, CommandStats, redis_server, redis_server_binary  # noqa: E402
+from _driver import RunResult, VariantResult, drive  # noqa: E402
+from _redis import ZERO_COUNTS, CommandStats, redis_server, redis_server_binary  # noqa: E402
 
 T = TypeVar("T")
 
@@ -237,39 +237,6 @@ class Variant:
 
     def missing(self) -> list[str]:
         return [r for r in self.requires if not _importable(r)]
-
-
-@dataclass
-class VariantResult:
-    """Everything measured for one variant over all rounds."""
-
-    variant: Variant
-    runs: list[RunResult] = field(default_factory=list)
-    commands: CommandCounts = ZERO_COUNTS
-    fallbacks: int = 0
-    error: str | None = None
-
-    @property
-    def median_rps(self) -> float:
-        return statistics.median(r.rps for r in self.runs) if self.runs else 0.0
-
-    @property
-    def requests(self) -> int:
-        return sum(r.requests for r in self.runs)
-
-    @property
-    def denied_share(self) -> float:
-        n = self.requests
-        return sum(r.statuses[429] for r in self.runs) / n if n else 0.0
-
-    @property
-    def unexpected_statuses(self) -> dict[int, int]:
-        out: dict[int, int] = {}
-        for r in self.runs:
-            for status, count in r.statuses.items():
-                if status not in (200, 429):
-                    out[status] = out.get(status, 0) + count
-        return out
 
 
 def _counting(metrics: FallbackCounter) -> Callable[[], int]:
@@ -931,13 +898,13 @@ def select(family: str, s: Settings, redis_available: bool) -> list[Variant]:
     return kept
 
 
-def run_family(family: str, variants: list[Variant], s: Settings) -> list[VariantResult]:
+def run_family(family: str, variants: list[Variant], s: Settings) -> list[VariantResult[Variant]]:
     """Build the variants, run interleaved rounds (warm-up then measured run), close them."""
     n, warmup = s.requests[family], s.warmup[family]
     loop = LoopThread() if family in ("asgi", "grpc") else None
     env = Env(settings=s, redis_url=s.redis_url, loop=loop)
     built: dict[str, Built] = {}
-    results: dict[str, VariantResult] = {}
+    results: dict[str, VariantResult[Variant]] = {}
     stats = CommandStats(s.redis_url) if (s.cmdstats and s.redis_url) else None
     try:
         for v in variants:
@@ -989,7 +956,7 @@ def run_family(family: str, variants: list[Variant], s: Settings) -> list[Varian
     return list(results.values())
 
 
-def _ratio(res: VariantResult, by_name: dict[str, VariantResult]) -> float | None:
+def _ratio(res: VariantResult[Variant], by_name: dict[str, VariantResult[Variant]]) -> float | None:
     """Median over rounds of (variant req/s / its bare app's req/s in the same round)."""
     if res.variant.baseline is None:
         return 1.0 if res.runs else None
@@ -1000,7 +967,7 @@ def _ratio(res: VariantResult, by_name: dict[str, VariantResult]) -> float | Non
     return statistics.median(ratios) if ratios else None
 
 
-def format_table(family: str, results: list[VariantResult], s: Settings) -> str:
+def format_table(family: str, results: list[VariantResult[Variant]], s: Settings) -> str:
     """One family's table, as printed."""
     by_name = {r.variant.name: r for r in results}
     denied = "RE" if family == "grpc" else "429s"
@@ -1028,7 +995,7 @@ def format_table(family: str, results: list[VariantResult], s: Settings) -> str:
     return "\n".join(lines)
 
 
-def warnings_for(family: str, results: list[VariantResult]) -> list[str]:
+def warnings_for(family: str, results: list[VariantResult[Variant]]) -> list[str]:
     """Unexpected statuses and failure-policy decisions, one line each."""
     out = []
     for r in results:

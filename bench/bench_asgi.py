@@ -22,7 +22,7 @@ import pstats
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -41,7 +41,7 @@ from _apps import (  # noqa: E402
     BuiltApp,
     Variant,
 )
-from _driver import RunResult, drive  # noqa: E402
+from _driver import RunResult, VariantResult, drive  # noqa: E402
 from _redis import ZERO_COUNTS, CommandCounts, CommandStats, redis_server  # noqa: E402
 
 TABLE_TITLE = "ASGI in-process benchmark"
@@ -59,43 +59,6 @@ class Settings:
     cmdstats: bool
     redis_url: str | None
     profile_top: int = 15
-
-
-@dataclass
-class VariantResult:
-    """Everything measured for one variant over all rounds."""
-
-    variant: Variant
-    runs: list[RunResult] = field(default_factory=list)
-    commands: CommandCounts = ZERO_COUNTS
-    fallbacks: int = 0  #: measured decisions made by the failure policy (backend failed)
-    error: str | None = None
-
-    @property
-    def median_rps(self) -> float:
-        """Median requests/s over the rounds."""
-        return statistics.median(r.rps for r in self.runs) if self.runs else 0.0
-
-    @property
-    def requests(self) -> int:
-        """Requests measured over all rounds."""
-        return sum(r.requests for r in self.runs)
-
-    @property
-    def denied_share(self) -> float:
-        """Share of 429 answers over all measured rounds."""
-        n = self.requests
-        return sum(r.statuses[429] for r in self.runs) / n if n else 0.0
-
-    @property
-    def unexpected_statuses(self) -> dict[int, int]:
-        """Statuses other than 200 and 429, with their counts."""
-        out: dict[int, int] = {}
-        for r in self.runs:
-            for status, count in r.statuses.items():
-                if status not in (200, 429):
-                    out[status] = out.get(status, 0) + count
-        return out
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -215,7 +178,7 @@ async def run_one(
     return result, after - before, fallbacks
 
 
-async def benchmark(variants: list[Variant], s: Settings) -> list[VariantResult]:
+async def benchmark(variants: list[Variant], s: Settings) -> list[VariantResult[Variant]]:
     """Build the apps, run the interleaved rounds, close the apps."""
     ctx = BenchContext(redis_url=s.redis_url)
     built = await build_all(variants, ctx)
@@ -257,7 +220,7 @@ async def benchmark(variants: list[Variant], s: Settings) -> list[VariantResult]
     return list(results.values())
 
 
-def _ratio(res: VariantResult, by_name: dict[str, VariantResult]) -> float | None:
+def _ratio(res: VariantResult[Variant], by_name: dict[str, VariantResult[Variant]]) -> float | None:
     """Median over rounds of (variant req/s / its bare app's req/s in the same round)."""
     base = by_name.get(BASELINES[res.variant.framework])
     if base is None or not base.runs or not res.runs:
@@ -267,7 +230,7 @@ def _ratio(res: VariantResult, by_name: dict[str, VariantResult]) -> float | Non
     return statistics.median(ratios) if ratios else None
 
 
-def format_table(results: list[VariantResult], s: Settings) -> str:
+def format_table(results: list[VariantResult[Variant]], s: Settings) -> str:
     """The result table, as printed."""
     by_name = {r.variant.name: r for r in results}
     header = (
