@@ -183,18 +183,26 @@ class RateLimitMiddleware:
         else:
             await self.app(scope, receive, send)
 
+    async def _check(
+        self, ctx: _Context, scope: Scope, receive: Receive, send: Send
+    ) -> list[tuple[str, str]] | None:
+        """Decide the middleware's rules: the headers to add, or None once denied here."""
+        if not (self._checks and (matched := self.enforcer.matching(ctx.request))):
+            return _NO_HEADERS
+        outcome = await self.enforcer.acheck(ctx.request, matched=matched)
+        if outcome.action == "deny" or outcome.action == "reject":
+            await self._deny(scope, receive, send, outcome)
+            return None
+        ctx.record(self.enforcer.limiter, outcome)
+        return outcome.headers
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = _Context(scope, _render_http)
         token = context.current.set(ctx)
         try:
-            added = _NO_HEADERS
-            if self._checks and (matched := self.enforcer.matching(ctx.request)):
-                outcome = await self.enforcer.acheck(ctx.request, matched=matched)
-                if outcome.action == "deny" or outcome.action == "reject":
-                    await self._deny(scope, receive, send, outcome)
-                    return
-                added = outcome.headers
-                ctx.record(self.enforcer.limiter, outcome)
+            added = await self._check(ctx, scope, receive, send)
+            if added is None:
+                return
             started = False
 
             async def send_with_headers(message: Message) -> None:
@@ -219,14 +227,9 @@ class RateLimitMiddleware:
         ctx = _Context(scope, _render_websocket)
         token = context.current.set(ctx)
         try:
-            added = _NO_HEADERS
-            if self._checks and (matched := self.enforcer.matching(ctx.request)):
-                outcome = await self.enforcer.acheck(ctx.request, matched=matched)
-                if outcome.action == "deny" or outcome.action == "reject":
-                    await self._deny(scope, receive, send, outcome)
-                    return
-                added = outcome.headers
-                ctx.record(self.enforcer.limiter, outcome)
+            added = await self._check(ctx, scope, receive, send)
+            if added is None:
+                return
             state = "connecting"
 
             async def send_with_headers(message: Message) -> None:
