@@ -16,7 +16,7 @@ from typing import Any, Literal
 from ._decision import Decision
 from ._rate import Rate, RateLike
 from .headers import policy_field, problem_body, rate_limit_headers
-from .keys import client_ip, resolve, resolve_async
+from .keys import AsyncKeyError, client_ip, resolve, resolve_async
 from .limiter import Limiter
 from .metrics import NullMetrics
 from .request import RequestInfo
@@ -222,7 +222,7 @@ class Enforcer:
             matched = self.matching(request, rules)
         if not matched:
             return Outcome("skip")
-        planned = self._items(matched, [_safely(resolve, r, request) for r in matched], request)
+        planned = self._items(matched, [_identity_of(r, request) for r in matched], request)
         if planned is None:
             return self._reject(matched)
         items, shadow_items, enforcing, shadows = planned
@@ -242,14 +242,7 @@ class Enforcer:
             matched = self.matching(request, rules)
         if not matched:
             return Outcome("skip")
-        identities = []
-        for rule in matched:
-            try:
-                identities.append(await resolve_async(rule.key, request))
-            except Exception:
-                log.exception("key function of rule %r failed; treating the identity as missing", rule.name)
-                identities.append(None)
-        planned = self._items(matched, identities, request)
+        planned = self._items(matched, [await _aidentity_of(r, request) for r in matched], request)
         if planned is None:
             return self._reject(matched)
         items, shadow_items, enforcing, shadows = planned
@@ -258,14 +251,21 @@ class Enforcer:
         return self._outcome(decision, enforcing, shadow, shadows)
 
 
-def _safely(resolver: Any, rule: Rule, request: RequestInfo) -> str | None:
+def _identity_of(rule: Rule, request: RequestInfo) -> str | None:
+    """The rule's key function's answer; a failing key function counts as no identity."""
     try:
-        return resolver(rule.key, request)  # type: ignore[no-any-return]
-    except TypeError as exc:
-        if "is async" in str(exc):
-            raise  # a configuration error, not a request-time failure
+        return resolve(rule.key, request)
+    except AsyncKeyError:
+        raise  # a configuration error, not a request-time failure
+    except Exception:
         log.exception("key function of rule %r failed; treating the identity as missing", rule.name)
         return None
+
+
+async def _aidentity_of(rule: Rule, request: RequestInfo) -> str | None:
+    """Async :func:`_identity_of`."""
+    try:
+        return await resolve_async(rule.key, request)
     except Exception:
         log.exception("key function of rule %r failed; treating the identity as missing", rule.name)
         return None

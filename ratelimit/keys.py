@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from .request import RequestInfo
 
 __all__ = [
+    "AsyncKeyError",
     "KeyFunc",
     "api_key",
     "client_ip",
@@ -29,6 +30,11 @@ __all__ = [
     "resolve",
     "resolve_async",
 ]
+
+
+class AsyncKeyError(TypeError):
+    """An async key function was used from a sync adapter (a configuration error)."""
+
 
 KeyFunc = Callable[[RequestInfo], "str | Awaitable[str | None] | None"]
 
@@ -61,7 +67,7 @@ def _resolve(key: Any, request: RequestInfo) -> str | None:
         close = getattr(value, "close", None)
         if close is not None:
             close()
-        raise TypeError(f"key function {key!r} is async; use it from an asyncio adapter")
+        raise AsyncKeyError(f"key function {key!r} is async; use it from an asyncio adapter")
     return _clean(value)
 
 
