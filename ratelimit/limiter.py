@@ -100,15 +100,8 @@ class Limiter:
         key = (identity, rate, cost, commit)
         try:
             return self._plans[key]
-        except KeyError:
-            pass
-        except TypeError:  # an unhashable rate (a list): plan without caching
-            return make_plan(self.keyspace, ((identity, rate, cost),), commit)
-        plan = make_plan(self.keyspace, ((identity, rate, cost),), commit)
-        if len(self._plans) >= _PLAN_CACHE_SIZE:
-            self._plans.clear()
-        self._plans[key] = plan
-        return plan
+        except (KeyError, TypeError):
+            return self._remember(key, make_plan(self.keyspace, ((identity, rate, cost),), commit))
 
     def _plan_many(self, items: Iterable[HitItem], cost: int, commit: bool) -> Plan:
         if cost.__class__ is not int:
@@ -116,14 +109,18 @@ class Limiter:
         items = items if isinstance(items, (list, tuple)) else list(items)
         key = (tuple(items), cost, commit, "many")
         try:
-            plan = self._plans.get(key)
-        except TypeError:  # unhashable parts (a list of rates): plan without caching
-            return self._plan_many_uncached(items, cost, commit)
-        if plan is None:
-            plan = self._plan_many_uncached(items, cost, commit)
+            return self._plans[key]
+        except (KeyError, TypeError):
+            return self._remember(key, self._plan_many_uncached(items, cost, commit))
+
+    def _remember(self, key: tuple[Any, ...], plan: Plan) -> Plan:
+        # Plans are immutable and rates few, so repeated request shapes skip planning.
+        try:
             if len(self._plans) >= _PLAN_CACHE_SIZE:
                 self._plans.clear()
             self._plans[key] = plan
+        except TypeError:  # unhashable parts (a list of rates): not cached
+            pass
         return plan
 
     def _plan_many_uncached(self, items: Iterable[HitItem], cost: int, commit: bool) -> Plan:
@@ -263,10 +260,9 @@ class Limiter:
         Best effort: returns False when there is nothing to refund (a denial, a peek,
         a fallback) or the backend failed (logged, never raised).
         """
-        charge = decision._charge
+        charge = _take_charge(decision)
         if charge is None:
             return False
-        decision._charge = None
         try:
             self.backend.refund(*charge)
         except Exception:
@@ -276,10 +272,9 @@ class Limiter:
 
     async def arefund(self, decision: Decision) -> bool:
         """Async :meth:`refund`."""
-        charge = decision._charge
+        charge = _take_charge(decision)
         if charge is None:
             return False
-        decision._charge = None
         try:
             await self.backend.arefund(*charge)
         except Exception:
@@ -351,6 +346,12 @@ class Limiter:
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+def _take_charge(decision: Decision) -> Any:
+    """What ``decision`` charged, at most once (a refund must not give back twice)."""
+    charge, decision._charge = decision._charge, None
+    return charge
 
 
 def _error_kind(error: BaseException) -> str:
