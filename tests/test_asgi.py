@@ -57,14 +57,6 @@ RATE_FIELDS = (
     "X-RateLimit-Reset",
 )
 
-try:
-    from ratelimit._jwt import JWTVerifier  # noqa: F401
-
-    JWT_MISSING = ""
-except ImportError as exc:  # another engineer is writing it; skip only until it lands
-    JWT_MISSING = f"ratelimit._jwt is not importable yet: {exc}"
-needs_jwt = pytest.mark.skipif(bool(JWT_MISSING), reason=JWT_MISSING)
-
 
 def limiter() -> Limiter:
     return Limiter(clock=FakeClock())
@@ -178,7 +170,6 @@ def public_pem(private: rsa.RSAPrivateKey) -> str:
     )
 
 
-@needs_jwt
 @pytest.mark.parametrize("trusted", [False, True])
 async def test_user_header_counts_only_when_trusted(rsa_key: rsa.RSAPrivateKey, trusted: bool) -> None:
     """A client-sent x-user-id is ignored (counted per IP) unless trusted_header names it."""
@@ -627,7 +618,6 @@ def burst(response: httpx.Response) -> str:
     raise AssertionError(response.headers["RateLimit"])
 
 
-@needs_jwt
 async def test_end_to_end_behind_uvicorn(
     example_server: str, rsa_key: rsa.RSAPrivateKey, attacker_key: rsa.RSAPrivateKey
 ) -> None:
