@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -45,20 +46,22 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-class SyncBackend:
+class SyncBackend(ABC):
     """Base for backends without I/O to await: the async twins call the sync methods.
 
-    Subclasses implement ``evaluate`` and ``delete`` (and ``close`` if they hold
+    Subclasses implement ``evaluate``, ``delete`` and ``refund`` (and ``close`` if they hold
     resources); this is how the memory backend is built.
     """
 
     name = "sync"
 
+    @abstractmethod
     def evaluate(self, plan: Plan) -> RawResult:
-        raise NotImplementedError
+        """Decide ``plan`` atomically (see :class:`Backend`)."""
 
+    @abstractmethod
     def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
-        raise NotImplementedError
+        """Remove counters by key and by literal key prefix; how many went."""
 
     async def aevaluate(self, plan: Plan) -> RawResult:
         """Same as :meth:`evaluate`."""
@@ -68,15 +71,15 @@ class SyncBackend:
         """Same as :meth:`delete`."""
         return self.delete(keys, prefixes)
 
+    @abstractmethod
     def refund(self, plan: Plan, nows: Sequence[int]) -> None:
         """Give back what ``plan`` charged at server times ``nows`` (one per counter)."""
-        raise NotImplementedError
 
     async def arefund(self, plan: Plan, nows: Sequence[int]) -> None:
         """Same as :meth:`refund`."""
         self.refund(plan, nows)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract: nothing to release by default
         """Nothing to release by default."""
 
     async def aclose(self) -> None:
