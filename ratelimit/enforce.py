@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from ._decision import Decision
 from ._rate import Rate, RateLike
-from .headers import policy_field, problem_body, rate_limit_headers
+from .headers import problem_body, rate_limit_headers
 from .keys import AsyncKeyError, client_ip, resolve, resolve_async
 from .limiter import Limiter
 from .metrics import NullMetrics
@@ -172,8 +172,8 @@ class Enforcer:
     def _headers(self, decision: Decision, rules: Sequence[Rule], denied: bool) -> list[tuple[str, str]]:
         if not (self.headers or denied):
             return []
-        names, rates, policy = _policies(tuple(rules))
-        return rate_limit_headers(decision, names, rates, legacy=self.legacy_headers, policy=policy)
+        names, rates = _policies(tuple(rules))
+        return rate_limit_headers(decision, names, rates, legacy=self.legacy_headers)
 
     def _outcome(
         self, decision: Decision | None, enforcing: list[Rule], shadow: Decision | None, shadows: list[Rule]
@@ -272,11 +272,11 @@ async def _aidentity_of(rule: Rule, request: RequestInfo) -> str | None:
 
 
 @lru_cache(maxsize=1024)
-def _policies(rules: tuple[Rule, ...]) -> tuple[tuple[str, ...], tuple[Rate, ...], str]:
-    """Policy names, rates and the RateLimit-Policy value of a group of rules (fixed per rule set)."""
+def _policies(rules: tuple[Rule, ...]) -> tuple[tuple[str, ...], tuple[Rate, ...]]:
+    """Policy names and rates of a group of rules, one per limit (fixed per rule set)."""
     names: list[str] = []
     rates: list[Rate] = []
     for rule in rules:
         names += rule.policy_names
         rates += rule.rates
-    return tuple(names), tuple(rates), policy_field(tuple(names), tuple(rates))
+    return tuple(names), tuple(rates)

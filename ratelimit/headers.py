@@ -88,20 +88,17 @@ def rate_limit_headers(
     rates: Sequence[Rate] | None = None,
     *,
     legacy: bool = True,
-    policy: str | None = None,
 ) -> list[tuple[str, str]]:
     """The RateLimit header fields for ``decision``; ``names`` (and ``rates``) have one entry per limit.
 
     ``rates`` defaults to the rates in ``decision.limits``; passing them lets a
-    single-limit decision skip building its per-limit statuses; ``policy`` is the
-    ``RateLimit-Policy`` value when the caller has it already (see :func:`policy_field`).
+    single-limit decision skip building its per-limit statuses.
     """
     if not names:
         return []
-    if policy is None:
-        if rates is None:
-            rates = tuple(s.rate for s in decision.limits)
-        policy = policy_field(tuple(names), tuple(rates))
+    if rates is None:
+        rates = tuple(s.rate for s in decision.limits)
+    policy = policy_field(tuple(names), tuple(rates))
     if len(names) == 1:
         t = decision.retry_after if decision.retry_after > 0 else decision.reset_after
         current = f"{_sf_cached(names[0])};r={decision.remaining};t={_seconds(t)}"
