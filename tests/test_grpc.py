@@ -429,6 +429,12 @@ class DownBackend(SyncBackend):
     def evaluate(self, plan: Any) -> Any:
         raise BackendError("redis is down")
 
+    def delete(self, keys: Any, prefixes: Any) -> int:
+        raise BackendError("redis is down")
+
+    def refund(self, plan: Any, nows: Any) -> None:
+        raise BackendError("redis is down")
+
 
 @pytest.mark.parametrize(("mode", "code"), [("open", "OK"), ("closed", "RESOURCE_EXHAUSTED")])
 async def test_backend_down_follows_failure_mode(serve: Serve, mode: Any, code: str) -> None:
