@@ -14,7 +14,6 @@ decorators on one endpoint are decided together, all or nothing::
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +23,7 @@ from . import context
 from ._rate import RateLike
 from .enforce import Enforcer, MissingIdentity
 from .request import RequestInfo
-from .rules import Rule
+from .rules import Rule, bounded_name
 
 if TYPE_CHECKING:
     from .limiter import Limiter
@@ -69,12 +68,9 @@ def _find_context(args: tuple[Any, ...], kwargs: dict[str, Any]) -> context.Requ
     )
 
 
-def _rule_name(fn: Callable[..., Any], rates: Sequence[Any]) -> str:
+def _rule_name(fn: Callable[..., Any]) -> str:
     raw = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", raw).strip("._-") or "endpoint"
-    if len(name) > 64:
-        name = name[:55] + "-" + hashlib.sha256(raw.encode()).hexdigest()[:8]
-    return name
+    return bounded_name(re.sub(r"[^A-Za-z0-9._-]", "_", raw).strip("._-") or "endpoint", raw)
 
 
 def limit(
@@ -94,7 +90,7 @@ def limit(
     def decorate(fn: F) -> F:
         original = getattr(fn, "__ratelimit_original__", fn)
         earlier: tuple[Rule, ...] = getattr(fn, "__ratelimit_rules__", ())
-        base = name or _rule_name(original, rates if isinstance(rates, (list, tuple)) else [rates])
+        base = name or _rule_name(original)
         rule_name = base if not any(r.name == base for r in earlier) else f"{base}-{len(earlier)}"
         rule = Rule.of(rule_name, rates, key, methods=methods, cost=cost, shadow=shadow)
         rules = (rule, *earlier)

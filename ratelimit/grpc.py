@@ -40,7 +40,7 @@ from .headers import retry_after_header
 from .keys import client_ip
 from .limiter import Limiter
 from .request import Headers, RequestInfo
-from .rules import Rule
+from .rules import Rule, bounded_name, unique_name
 
 __all__ = ["AsyncRateLimitInterceptor", "RateLimitInterceptor", "peer_ip", "rule_name"]
 
@@ -75,7 +75,7 @@ def rule_name(pattern: str) -> str:
         segment = re.sub(r"[^A-Za-z0-9._-]+", "_", segment).strip("._-")
         if segment:
             parts.append(segment)
-    return ".".join(parts)[:64].strip("._-") or "grpc"
+    return bounded_name(".".join(parts), pattern).strip("._-") or "grpc"
 
 
 def _status(
@@ -201,12 +201,7 @@ class _Base:
         taken = {r.name for r in explicit}
         built = []
         for pattern, rates in (limits or {}).items():
-            name = base = rule_name(pattern)
-            n = 1
-            while name in taken:
-                n += 1
-                name = f"{base[:60]}-{n}"
-            taken.add(name)
+            name = unique_name(rule_name(pattern), taken)
             built.append(
                 Rule.of(name, rates, key if key is not None else client_ip(trusted_proxies), paths=pattern)
             )

@@ -146,9 +146,24 @@ def _slug(text: str) -> str:
     """A rule name from a pattern or path: ``GET /items/*`` -> ``get-items-any``."""
     plain = text.replace("**", "all").replace("*", "any")
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", plain).strip("-._").lower() or "root"
-    if len(name) > 64:  # keep long names apart: they name counters
-        name = name[:55].rstrip("-._") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return bounded_name(name, text)
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base-2``, ``base-3``... whichever is not in ``taken`` (which it joins)."""
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base[:60]}-{n}"
+    taken.add(name)
     return name
+
+
+def bounded_name(name: str, source: str) -> str:
+    """``name`` cut to the 64 characters a rule name may have, kept unique by a hash of ``source``."""
+    if len(name) <= 64:
+        return name
+    return name[:55].rstrip("-._") + "-" + hashlib.sha256(source.encode()).hexdigest()[:8]
 
 
 def rules_from_limits(limits: Mapping[str, RateLike], key: Any) -> list[Rule]:
@@ -168,11 +183,6 @@ def rules_from_limits(limits: Mapping[str, RateLike], key: Any) -> list[Rule]:
         if unknown:
             raise ValueError(f"unknown HTTP method(s) {unknown} in limits key {spec!r}")
         path = path.strip()
-        base = _slug(" ".join([*methods, path]))
-        name, n = base, 1
-        while name in taken:
-            n += 1
-            name = f"{base[:60]}-{n}"
-        taken.add(name)
+        name = unique_name(_slug(" ".join([*methods, path])), taken)
         rules.append(Rule.of(name, rates, key, paths=path, methods=methods))
     return rules
