@@ -91,7 +91,6 @@ class _Context(context.RequestContext):
         self._info: RequestInfo | None = None
         self._added: list[tuple[str, str]] | None = None
         self.render = render
-        self.framework = "asgi"
         self.charges = None
 
     @property

@@ -29,7 +29,6 @@ class RequestContext:
             framework's native response (what an endpoint may return).
         headers: header fields that decorators add; the middleware appends them to
             the response it sends.
-        framework: ``"asgi"``, ``"wsgi"``, ``"flask"`` or ``"django"``, for error messages.
         charges: ``(limiter, decision)`` pairs the middleware charged for this request;
             a decorator that denies the request refunds them, so a denied request
             consumes nothing anywhere (see :meth:`ratelimit.Limiter.refund`).
@@ -38,7 +37,6 @@ class RequestContext:
     request: RequestInfo
     render: Callable[[Outcome], Any]
     headers: list[tuple[str, str]] = field(default_factory=list)
-    framework: str = "asgi"
     charges: list[tuple[Any, Any]] | None = None
 
     def record(self, limiter: Any, outcome: Outcome) -> None:

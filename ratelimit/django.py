@@ -132,7 +132,7 @@ class RateLimitMiddleware:
         outcome = self.enforcer.check(info)
         if outcome.action in ("deny", "reject"):
             return render(outcome)
-        ctx = context.RequestContext(info, render, list(outcome.headers), framework="django")
+        ctx = context.RequestContext(info, render, list(outcome.headers))
         ctx.record(self.enforcer.limiter, outcome)
         token = context.current.set(ctx)
         try:

@@ -54,7 +54,7 @@ def _flask_context(args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = N
     environ = flask.request.environ
     ctx: RequestContext | None = environ.get(_ENVIRON_KEY)
     if ctx is None:
-        ctx = RequestContext(request_info(environ), render, framework="flask")
+        ctx = RequestContext(request_info(environ), render)
         environ[_ENVIRON_KEY] = ctx
     return ctx
 

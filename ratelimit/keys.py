@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from .request import RequestInfo
 
@@ -37,13 +37,6 @@ class AsyncKeyError(TypeError):
 
 
 KeyFunc = Callable[[RequestInfo], "str | Awaitable[str | None] | None"]
-
-
-@runtime_checkable
-class AsyncResolvable(Protocol):
-    """A key function with a non-blocking variant for asyncio adapters."""
-
-    async def aresolve(self, request: RequestInfo) -> str | None: ...
 
 
 def resolve(key: Any, request: RequestInfo) -> str | None:
@@ -83,8 +76,7 @@ async def resolve_async(key: Any, request: RequestInfo) -> str | None:
 
 
 async def _resolve_async(key: Any, request: RequestInfo) -> str | None:
-    # getattr, not isinstance(key, AsyncResolvable): a runtime Protocol check costs
-    # more than the rest of a decision.
+    # Key functions with a non-blocking variant offer ``aresolve`` (jwt_claim, compose).
     aresolve = getattr(key, "aresolve", None)
     if aresolve is not None:
         return _clean(await aresolve(request))

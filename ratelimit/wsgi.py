@@ -153,7 +153,7 @@ class RateLimitMiddleware:
             rendered.append(response)
             return response
 
-        ctx = context.RequestContext(request, render, list(outcome.headers), framework="wsgi")
+        ctx = context.RequestContext(request, render, list(outcome.headers))
         ctx.record(self.enforcer.limiter, outcome)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
