@@ -15,12 +15,13 @@ from typing import Any, Literal
 
 from ._decision import Decision
 from ._rate import Rate, RateLike
-from .headers import problem_body, rate_limit_headers
+from .headers import policy_name, problem_body, rate_limit_headers
 from .keys import AsyncKeyError, client_ip, resolve, resolve_async
 from .limiter import Limiter
 from .metrics import NullMetrics
 from .request import RequestInfo
 from .rules import Rule, rules_from_limits
+from .ruleset import Charge, RuleSet
 
 __all__ = ["Enforcer", "MissingIdentity", "Outcome"]
 
@@ -65,7 +66,7 @@ class Enforcer:
         rules: the rules to enforce (each request is checked against those it matches).
         missing_identity: when a key function finds no identity: ``"ip"`` (count per
             peer address, the default), ``"anonymous"`` (one shared bucket) or
-            ``"reject"`` (answer 401).
+            ``"reject"`` (answer 401). A rule's own ``missing`` wins.
         headers: add RateLimit headers to allowed responses too (denials always get them).
         legacy_headers: add ``X-RateLimit-Limit/-Remaining/-Reset`` as well.
         metrics: a :class:`ratelimit.metrics.Metrics`, or None for none.
@@ -73,6 +74,9 @@ class Enforcer:
         trusted_proxies: proxies in front of the app (an Istio waypoint, an ingress);
             the ``"ip"`` policy counts per :class:`~ratelimit.keys.client_ip` with
             that many trusted proxies, not per peer (which would be the proxy).
+        config_rules: also enforce ``limiter.ruleset`` (a config file's rules, see
+            :meth:`ratelimit.Limiter.from_config`), following its reloads. Its
+            settings fill in the arguments left at None.
 
     All matching rules are decided together, all or nothing, in one round trip;
     shadow rules are decided apart (they count but never deny, and never block the
@@ -82,31 +86,64 @@ class Enforcer:
     def __init__(
         self,
         limiter: Limiter,
-        rules: Iterable[Rule] = (),
+        rules: Iterable[Any] = (),
         *,
-        missing_identity: MissingIdentity = "ip",
-        headers: bool = True,
-        legacy_headers: bool = True,
+        missing_identity: MissingIdentity | None = None,
+        headers: bool | None = None,
+        legacy_headers: bool | None = None,
         metrics: Any = None,
         adapter: str = "custom",
-        trusted_proxies: int = 0,
+        trusted_proxies: int | None = None,
+        config_rules: bool = False,
     ) -> None:
-        if missing_identity not in ("ip", "anonymous", "reject"):
+        if missing_identity not in (None, "ip", "anonymous", "reject"):
             raise ValueError(
                 f"missing_identity must be 'ip', 'anonymous' or 'reject', got {missing_identity!r}"
             )
         self.limiter = limiter
-        self.rules = tuple(rules)
-        names = [r.name for r in self.rules]
-        if len(set(names)) != len(names):
-            raise ValueError(f"rule names must be unique, got {names}")
-        self.missing_identity = missing_identity
-        self.headers = headers
-        self.legacy_headers = legacy_headers
+        self._own = tuple(rules)
+        self._asked: dict[str, Any] = {
+            "missing_identity": missing_identity,
+            "headers": headers,
+            "legacy_headers": legacy_headers,
+            "trusted_proxies": trusted_proxies,
+        }
+        self._follows = config_rules
         self.metrics = metrics if metrics is not None else NullMetrics()
         self._counting = metrics is not None  # skip per-rule metric calls when nobody listens
         self.adapter = adapter
-        self.ip_key = client_ip(trusted_proxies)
+        self._ruleset: RuleSet | None = None
+        self._apply(limiter.ruleset if config_rules else None, strict=True)
+
+    def _apply(self, ruleset: RuleSet | None, *, strict: bool) -> None:
+        """Take the rules and settings of ``ruleset`` (None: this enforcer's own only)."""
+        rules = self._own + (ruleset.rules if ruleset is not None else ())
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if strict:
+                raise ValueError(f"rule names must be unique, got {dupes} more than once")
+            log.error("config rules %s clash with an adapter's own rules; keeping the previous rules", dupes)
+            self._ruleset = ruleset
+            return
+        base = ruleset if ruleset is not None else RuleSet()
+        asked = self._asked
+        self.missing_identity: MissingIdentity = asked["missing_identity"] or base.missing_identity
+        self.headers: bool = base.headers if asked["headers"] is None else asked["headers"]
+        self.legacy_headers: bool = (
+            base.legacy_headers if asked["legacy_headers"] is None else asked["legacy_headers"]
+        )
+        proxies = base.trusted_proxies if asked["trusted_proxies"] is None else asked["trusted_proxies"]
+        self.ip_key = client_ip(proxies)
+        self._rules = rules
+        self._ruleset = ruleset
+
+    @property
+    def rules(self) -> tuple[Any, ...]:
+        """Every rule enforced now (the adapter's own, then the config's)."""
+        if self._follows and self.limiter.ruleset is not self._ruleset:
+            self._apply(self.limiter.ruleset, strict=False)
+        return self._rules
 
     @classmethod
     def for_adapter(
@@ -117,19 +154,21 @@ class Enforcer:
         *,
         limits: Mapping[str, RateLike] | None = None,
         key: Any = None,
-        trusted_proxies: int = 0,
+        trusted_proxies: int | None = None,
         **options: Any,
     ) -> Enforcer:
-        """What every middleware builds: its rules plus the ``limits`` shorthand.
+        """What every middleware builds: its rules, the ``limits`` shorthand and the config's rules.
 
         ``limits`` rules (:func:`~ratelimit.rules.rules_from_limits`) are keyed by
         ``key``, by default the client IP behind ``trusted_proxies`` proxies.
         """
-        default_key = client_ip(trusted_proxies) if key is None else key
+        default_key = client_ip(trusted_proxies or 0) if key is None else key
         all_rules = [*rules, *rules_from_limits(limits or {}, default_key)]
-        return cls(limiter, all_rules, adapter=adapter, trusted_proxies=trusted_proxies, **options)
+        return cls(
+            limiter, all_rules, adapter=adapter, trusted_proxies=trusted_proxies, config_rules=True, **options
+        )
 
-    def matching(self, request: RequestInfo, rules: Sequence[Rule] | None = None) -> list[Rule]:
+    def matching(self, request: RequestInfo, rules: Sequence[Any] | None = None) -> list[Any]:
         """The rules that apply to ``request``."""
         return [r for r in (self.rules if rules is None else rules) if r.matches(request)]
 
@@ -138,21 +177,29 @@ class Enforcer:
     def _identity(self, rule: Rule, identity: str | None, request: RequestInfo) -> str | None:
         if identity is not None:
             return identity
-        if self.missing_identity == "ip":
+        policy = rule.missing or self.missing_identity
+        if policy == "ip":
             ip = self.ip_key(request)
             return f"ip:{ip}" if ip else "anonymous"
-        if self.missing_identity == "anonymous":
+        if policy == "anonymous":
             return "anonymous"
         return None
 
-    def _items(
-        self, rules: Sequence[Rule], identities: Sequence[str | None], request: RequestInfo
-    ) -> tuple[list[tuple[str, Any, int]], list[tuple[str, Any, int]], list[Rule], list[Rule]] | None:
-        items: list[tuple[str, Any, int]] = []
-        shadow_items: list[tuple[str, Any, int]] = []
-        enforcing: list[Rule] = []
-        shadows: list[Rule] = []
-        for rule, raw in zip(rules, identities, strict=True):
+    def _charges(
+        self,
+        rules: Sequence[Any],
+        identities: Sequence[str | None],
+        tiers: Sequence[str | None],
+        request: RequestInfo,
+    ) -> list[Charge] | None:
+        """What ``request`` is charged to; None when a rule finds no identity and rejects."""
+        charges: list[Charge] = []
+        replacing = False
+        for rule, raw, tier in zip(rules, identities, tiers, strict=True):
+            if not isinstance(rule, Rule):
+                charges += rule.charges(request, self.ip_key)
+                replacing = True
+                continue
             identity = self._identity(rule, raw, request)
             if identity is None:
                 return None
@@ -161,41 +208,47 @@ class Enforcer:
             except Exception:
                 log.exception("cost function of rule %r failed; charging 1", rule.name)
                 cost = 1
-            target, group = (shadow_items, shadows) if rule.shadow else (items, enforcing)
             # Rule names cannot contain "/", so the first "/" separates them unambiguously.
             counted = f"{rule.name}/{identity}"
-            for rate in rule.rates:
-                target.append((counted, rate, cost))
-            group.append(rule)
-        return items, shadow_items, enforcing, shadows
+            if rule.simple:
+                charges.append(Charge(rule.name, counted, rule.rates, rule.policy_names, cost, rule.shadow))
+                continue
+            rates = rule.limits_for(identity, tier)
+            names = rule.policy_names if rates is rule.rates else _names(rule.name, rates)
+            charges.append(Charge(rule.name, counted, rates, names, cost, rule.shadow, rule.replaces))
+            replacing = True
+        if replacing:
+            gone = frozenset().union(*(c.replaces for c in charges))
+            charges = [c for c in charges if c.rates and c.label not in gone]
+        return charges
 
-    def _headers(self, decision: Decision, rules: Sequence[Rule], denied: bool) -> list[tuple[str, str]]:
+    def _headers(self, decision: Decision, charges: Sequence[Charge], denied: bool) -> list[tuple[str, str]]:
         if not (self.headers or denied):
             return []
-        names, rates = _policies(tuple(rules))
+        names, rates = _policies(charges)
         return rate_limit_headers(decision, names, rates, legacy=self.legacy_headers)
 
     def _outcome(
-        self, decision: Decision | None, enforcing: list[Rule], shadow: Decision | None, shadows: list[Rule]
+        self, decision: Decision | None, enforcing: list[Charge], shadow: Decision | None, shadows: list[Charge]
     ) -> Outcome:
         metrics, adapter = self.metrics, self.adapter
         if shadow is not None:
-            for rule in shadows:
-                metrics.decision(rule.name, "shadow" if not shadow.allowed else "allowed", adapter)
+            for c in shadows:
+                metrics.decision(c.label, "shadow" if not shadow.allowed else "allowed", adapter)
         if decision is None:
             # Only shadow rules applied: headers describe them, nothing is denied.
             if shadow is None:
                 return Outcome("skip")
             hdrs = [h for h in self._headers(shadow, shadows, False) if h[0] != "Retry-After"]
-            names = _policies(tuple(shadows))[0]
+            names = _policies(shadows)[0]
             return Outcome("allow", headers=hdrs, decision=shadow, shadow=shadow, names=names)
         if self._counting:
             result = "fallback" if decision.fallback else ("allowed" if decision.allowed else "denied")
-            for rule in enforcing:
-                metrics.decision(rule.name, result, adapter)
+            for c in enforcing:
+                metrics.decision(c.label, result, adapter)
                 if decision.from_cache:
-                    metrics.deny_cache_hit(rule.name)
-        names = _policies(tuple(enforcing))[0]
+                    metrics.deny_cache_hit(c.label)
+        names = _policies(enforcing)[0]
         if decision.allowed:
             hdrs = self._headers(decision, enforcing, False)
             return Outcome("allow", headers=hdrs, decision=decision, shadow=shadow, names=names)
@@ -203,29 +256,44 @@ class Enforcer:
         body = problem_body(decision, names)
         return Outcome("deny", 429, hdrs, body, decision=decision, shadow=shadow, names=names)
 
-    def _reject(self, rules: Sequence[Rule]) -> Outcome:
+    def _reject(self, rules: Sequence[Any]) -> Outcome:
         for rule in rules:
             self.metrics.decision(rule.name, "unauthenticated", self.adapter)
         return Outcome("reject", 401, [("WWW-Authenticate", "Bearer")], _UNAUTHENTICATED)
+
+    @staticmethod
+    def _split(charges: list[Charge]) -> tuple[list[Any], list[Any], list[Charge], list[Charge]]:
+        items: list[Any] = []
+        shadow_items: list[Any] = []
+        enforcing: list[Charge] = []
+        shadows: list[Charge] = []
+        for c in charges:
+            target, group = (shadow_items, shadows) if c.shadow else (items, enforcing)
+            for rate in c.rates:
+                target.append((c.counted, rate, c.cost))
+            group.append(c)
+        return items, shadow_items, enforcing, shadows
 
     # -- sync and async: the same steps, with or without await ------------------------
 
     def check(
         self,
         request: RequestInfo,
-        rules: Sequence[Rule] | None = None,
+        rules: Sequence[Any] | None = None,
         *,
-        matched: Sequence[Rule] | None = None,
+        matched: Sequence[Any] | None = None,
     ) -> Outcome:
         """Decide ``request`` from a sync adapter (``matched``: rules the caller already matched)."""
         if matched is None:
             matched = self.matching(request, rules)
         if not matched:
             return Outcome("skip")
-        planned = self._items(matched, [_identity_of(r, request) for r in matched], request)
-        if planned is None:
+        identities = [_identity_of(r.key, r, request) if isinstance(r, Rule) else None for r in matched]
+        tiers = [_identity_of(r.tiers.by, r, request) if _tiered(r) else None for r in matched]
+        charges = self._charges(matched, identities, tiers, request)
+        if charges is None:
             return self._reject(matched)
-        items, shadow_items, enforcing, shadows = planned
+        items, shadow_items, enforcing, shadows = self._split(charges)
         decision = self.limiter.hit_many(items) if items else None
         shadow = self.limiter.hit_many(shadow_items) if shadow_items else None
         return self._outcome(decision, enforcing, shadow, shadows)
@@ -233,28 +301,34 @@ class Enforcer:
     async def acheck(
         self,
         request: RequestInfo,
-        rules: Sequence[Rule] | None = None,
+        rules: Sequence[Any] | None = None,
         *,
-        matched: Sequence[Rule] | None = None,
+        matched: Sequence[Any] | None = None,
     ) -> Outcome:
         """Decide ``request`` from an asyncio adapter (``matched``: rules the caller already matched)."""
         if matched is None:
             matched = self.matching(request, rules)
         if not matched:
             return Outcome("skip")
-        planned = self._items(matched, [await _aidentity_of(r, request) for r in matched], request)
-        if planned is None:
+        identities = [await _aidentity_of(r.key, r, request) if isinstance(r, Rule) else None for r in matched]
+        tiers = [await _aidentity_of(r.tiers.by, r, request) if _tiered(r) else None for r in matched]
+        charges = self._charges(matched, identities, tiers, request)
+        if charges is None:
             return self._reject(matched)
-        items, shadow_items, enforcing, shadows = planned
+        items, shadow_items, enforcing, shadows = self._split(charges)
         decision = await self.limiter.ahit_many(items) if items else None
         shadow = await self.limiter.ahit_many(shadow_items) if shadow_items else None
         return self._outcome(decision, enforcing, shadow, shadows)
 
 
-def _identity_of(rule: Rule, request: RequestInfo) -> str | None:
-    """The rule's key function's answer; a failing key function counts as no identity."""
+def _tiered(rule: Any) -> bool:
+    return isinstance(rule, Rule) and rule.tiers is not None
+
+
+def _identity_of(key: Any, rule: Rule, request: RequestInfo) -> str | None:
+    """A key function's answer for ``rule``; a failing key function counts as no identity."""
     try:
-        return resolve(rule.key, request)
+        return resolve(key, request)
     except AsyncKeyError:
         raise  # a configuration error, not a request-time failure
     except Exception:
@@ -262,21 +336,29 @@ def _identity_of(rule: Rule, request: RequestInfo) -> str | None:
         return None
 
 
-async def _aidentity_of(rule: Rule, request: RequestInfo) -> str | None:
+async def _aidentity_of(key: Any, rule: Rule, request: RequestInfo) -> str | None:
     """Async :func:`_identity_of`."""
     try:
-        return await resolve_async(rule.key, request)
+        return await resolve_async(key, request)
     except Exception:
         log.exception("key function of rule %r failed; treating the identity as missing", rule.name)
         return None
 
 
-@lru_cache(maxsize=1024)
-def _policies(rules: tuple[Rule, ...]) -> tuple[tuple[str, ...], tuple[Rate, ...]]:
-    """Policy names and rates of a group of rules, one per limit (fixed per rule set)."""
-    names: list[str] = []
-    rates: list[Rate] = []
-    for rule in rules:
-        names += rule.policy_names
-        rates += rule.rates
-    return tuple(names), tuple(rates)
+def _policies(charges: Sequence[Charge]) -> tuple[tuple[str, ...], tuple[Rate, ...]]:
+    """Policy names and rates of a request's charges, one per limit."""
+    if len(charges) == 1:
+        return charges[0].names, charges[0].rates
+    names: tuple[str, ...] = ()
+    rates: tuple[Rate, ...] = ()
+    for c in charges:
+        names += c.names
+        rates += c.rates
+    return names, rates
+
+
+@lru_cache(maxsize=4096)
+def _names(rule: str, rates: tuple[Rate, ...]) -> tuple[str, ...]:
+    """Policy names of a rule's per-request limits (a tier's or an override's)."""
+    several = len(rates) > 1
+    return tuple(policy_name(rule, r, several) for r in rates)

@@ -223,11 +223,14 @@ class jwt_claim(_Named):
         leeway: float = 0.0,
         trusted_header: str | None = None,
         unverified: bool = False,
+        verifier: Any = None,
     ) -> None:
         self.claim = name
         self.trusted_header = trusted_header.lower() if trusted_header else None
-        self.verifier: Any = None
-        if jwks_url is not None or key is not None or unverified:
+        self.verifier: Any = verifier
+        if verifier is not None:
+            pass  # shared with other claims: a token is verified once per request
+        elif jwks_url is not None or key is not None or unverified:
             from ._jwt import JWTVerifier
 
             options: dict[str, Any] = {"issuer": issuer, "audience": audience, "leeway": leeway}
@@ -235,7 +238,7 @@ class jwt_claim(_Named):
                 options["algorithms"] = tuple(algorithms)
             self.verifier = JWTVerifier(jwks_url=jwks_url, key=key, verify=not unverified, **options)
         elif trusted_header is None:
-            raise ValueError("jwt_claim needs jwks_url=, key=, trusted_header= or unverified=True")
+            raise ValueError("jwt_claim needs jwks_url=, key=, verifier=, trusted_header= or unverified=True")
         self._repr = f"jwt_claim({name!r})"
 
     def _from_header(self, request: RequestInfo) -> str | None:
@@ -261,15 +264,25 @@ class jwt_claim(_Named):
         found = self._from_header(request)
         if found is not None or self.verifier is None:
             return found
+        memo = request.memo.get(id(self.verifier))  # claims of this request, by verifier
+        if memo is not None and memo[0] is self.verifier:
+            return self._claim(memo[1])
         token = self._token(request)
-        return self._claim(self.verifier.verify(token)) if token else None
+        claims = self.verifier.verify(token) if token else None
+        request.memo[id(self.verifier)] = (self.verifier, claims)
+        return self._claim(claims)
 
     async def aresolve(self, request: RequestInfo) -> str | None:
         found = self._from_header(request)
         if found is not None or self.verifier is None:
             return found
+        memo = request.memo.get(id(self.verifier))
+        if memo is not None and memo[0] is self.verifier:
+            return self._claim(memo[1])
         token = self._token(request)
-        return self._claim(await self.verifier.averify(token)) if token else None
+        claims = await self.verifier.averify(token) if token else None
+        request.memo[id(self.verifier)] = (self.verifier, claims)
+        return self._claim(claims)
 
 
 def jwt_subject(**options: Any) -> jwt_claim:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from types import TracebackType
@@ -88,6 +89,36 @@ class Limiter:
         )
         self._plans: dict[tuple[Any, ...], Plan] = {}
         self.metrics = metrics
+        # Rules from a config file (see from_config), which adapters handed this limiter enforce.
+        self.ruleset: Any = None
+        self.config: Any = None  # the ratelimit.config.ConfigSource that loaded them, if any
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str], *, reload: bool | float = True, **options: Any) -> Limiter:
+        """A limiter built from a config file (docs/configuration.md), carrying its rules.
+
+        Hand it to any adapter (``RateLimitMiddleware(app, limiter=...)``, the WSGI
+        middleware, the gRPC interceptors) and the file's rules are enforced there.
+
+        Args:
+            path: the YAML file (this project's format, or an envoyproxy/ratelimit config).
+            reload: watch the file and apply valid changes without a restart, every 2 s
+                (or every ``reload`` seconds); ``False`` to load once.
+            options: :class:`Limiter` arguments that win over the file's ``backend``
+                (``storage=``, ``prefix=``, ``clock=``...).
+
+        Raises:
+            ratelimit.config.ConfigError: the file is invalid (every error, with its line).
+        """
+        from .config import limiter_from_config
+
+        return limiter_from_config(cls, path, reload=reload, options=options)
+
+    def reload_config(self) -> bool:
+        """Re-read the config file now: True if new rules were applied, False if unchanged or invalid."""
+        if self.config is None:
+            raise RuntimeError("this limiter was not built by Limiter.from_config")
+        return bool(self.config.reload(self))
 
     def __repr__(self) -> str:
         return f"Limiter({self.backend!r}, failure_mode={self.failure_mode!r})"
@@ -283,7 +314,9 @@ class Limiter:
         return True
 
     def close(self) -> None:
-        """Release the backend's sync connections."""
+        """Release the backend's sync connections (and stop watching a config file)."""
+        if self.config is not None:
+            self.config.stop()
         self.backend.close()
 
     def __enter__(self) -> Limiter:
@@ -336,7 +369,9 @@ class Limiter:
         return await self.backend.adelete(keys, prefixes)
 
     async def aclose(self) -> None:
-        """Release the backend's connections (async and sync)."""
+        """Release the backend's connections (async and sync; stop watching a config file)."""
+        if self.config is not None:
+            self.config.stop()
         await self.backend.aclose()
 
     async def __aenter__(self) -> Limiter:

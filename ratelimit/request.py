@@ -83,4 +83,4 @@ class RequestInfo:
     client: str | None = None
     host: str | None = None
     native: Any = None
-    memo: dict[int, tuple[Any, str | None]] = field(default_factory=dict)
+    memo: dict[int, tuple[Any, Any]] = field(default_factory=dict)

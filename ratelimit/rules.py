@@ -11,9 +11,43 @@ from typing import Any
 from ._rate import Rate, RateLike, parse_rates
 from .headers import policy_name
 from .keys import constant
+from .matchers import HeaderMatch, HostPattern
 from .request import RequestInfo
 
-__all__ = ["Rule", "compile_path", "rules_from_limits"]
+__all__ = ["UNLIMITED", "Rule", "Tiers", "compile_path", "parse_limits", "rules_from_limits"]
+
+UNLIMITED: tuple[Rate, ...] = ()
+"""The limits of an identity or tier that is never counted."""
+
+
+def parse_limits(value: Any) -> tuple[Rate, ...]:
+    """Rates as :func:`~ratelimit.parse_rates` reads them, or ``"unlimited"`` (no rates: never counted)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "unlimited"):
+        return UNLIMITED
+    if isinstance(value, tuple) and not value:
+        return UNLIMITED
+    return parse_rates(value)
+
+
+@dataclass(frozen=True, eq=False)
+class Tiers:
+    """Limits chosen per request by a value, e.g. the ``plan`` claim.
+
+    Args:
+        by: the key function giving the tier (``jwt_claim("plan", ...)``).
+        limits: tier value -> limits (``"unlimited"`` allowed).
+        default: the limits of any other value, or of a request without one.
+    """
+
+    by: Any
+    limits: Mapping[str, tuple[Rate, ...]]
+    default: tuple[Rate, ...]
+
+    def __post_init__(self) -> None:
+        if not callable(self.by):
+            raise TypeError(f"tiers: by must be a key function, got {self.by!r}")
+        object.__setattr__(self, "limits", {str(k): parse_limits(v) for k, v in self.limits.items()})
+        object.__setattr__(self, "default", parse_limits(self.default))
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -68,6 +102,15 @@ class Rule:
         methods: HTTP methods; empty means every method.
         cost: hits charged per request, or a function of the request.
         shadow: count, report and emit headers, but never deny.
+        hosts: host patterns (:class:`~ratelimit.matchers.HostPattern`); empty means any host.
+        headers: header conditions (:class:`~ratelimit.matchers.HeaderMatch`), all must hold.
+        tiers: limits chosen by a request value (:class:`Tiers`); ``rates`` is then unused.
+        overrides: identity -> limits, winning over ``rates`` and ``tiers``.
+        replaces: names of rules that do not apply to a request this rule applies to.
+        missing: this rule's missing-identity policy (default: the enforcer's).
+
+    ``rates`` may be empty (``"unlimited"``): the rule then counts nothing, which is
+    useful with ``replaces`` or when only tiers and overrides set limits.
     """
 
     name: str
@@ -77,13 +120,30 @@ class Rule:
     methods: frozenset[str] = frozenset()
     cost: int | Callable[[RequestInfo], int] = 1
     shadow: bool = False
+    hosts: tuple[HostPattern, ...] = ()
+    headers: tuple[HeaderMatch, ...] = ()
+    tiers: Tiers | None = None
+    overrides: Mapping[str, tuple[Rate, ...]] = field(default_factory=dict)
+    replaces: frozenset[str] = frozenset()
+    missing: str | None = None
     _patterns: tuple[re.Pattern[str], ...] = field(default=(), repr=False, compare=False)
     policy_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    simple: bool = field(default=True, repr=False, compare=False)
+    conditional: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ValueError(f"rule name must match {_NAME.pattern}, got {self.name!r}")
-        object.__setattr__(self, "rates", parse_rates(self.rates))
+        object.__setattr__(self, "rates", parse_limits(self.rates))
+        object.__setattr__(self, "overrides", {str(k): parse_limits(v) for k, v in self.overrides.items()})
+        object.__setattr__(self, "replaces", frozenset(self.replaces))
+        object.__setattr__(self, "hosts", tuple(self.hosts))
+        object.__setattr__(self, "headers", tuple(self.headers))
+        if self.missing not in (None, "ip", "anonymous", "reject"):
+            raise ValueError(f"rule {self.name!r}: missing must be 'ip', 'anonymous' or 'reject'")
+        # Rules without per-request limits take the enforcer's fast path.
+        object.__setattr__(self, "simple", self.tiers is None and not self.overrides and not self.replaces)
+        object.__setattr__(self, "conditional", bool(self.hosts or self.headers))
         paths = (self.paths,) if isinstance(self.paths, str) else tuple(self.paths)
         object.__setattr__(self, "paths", paths)
         object.__setattr__(self, "_patterns", tuple(compile_path(p) for p in paths))
@@ -111,8 +171,13 @@ class Rule:
         methods: str | Iterable[str] = (),
         cost: int | Callable[[RequestInfo], int] = 1,
         shadow: bool = False,
+        **conditions: Any,
     ) -> Rule:
-        """Build a rule from loose arguments: ``Rule.of("per-user", "10/second", jwt_subject(...))``."""
+        """Build a rule from loose arguments: ``Rule.of("per-user", "10/second", jwt_subject(...))``.
+
+        ``conditions`` are the other fields (``hosts``, ``headers``, ``tiers``,
+        ``overrides``, ``replaces``, ``missing``).
+        """
         return cls(
             name,
             rates,  # type: ignore[arg-type]
@@ -121,13 +186,35 @@ class Rule:
             frozenset([methods] if isinstance(methods, str) else methods),
             cost,
             shadow,
+            **conditions,
         )
 
     def matches(self, request: RequestInfo) -> bool:
         """Does this rule apply to ``request``?"""
+        if not self.matches_route(request):
+            return False
+        return not self.conditional or self.matches_conditions(request)
+
+    def matches_route(self, request: RequestInfo) -> bool:
+        """Do the path and method fit (what a per-method cache may remember)?"""
         if self.methods and request.method.upper() not in self.methods:
             return False
         return not self._patterns or any(p.fullmatch(request.path) for p in self._patterns)
+
+    def matches_conditions(self, request: RequestInfo) -> bool:
+        """Do the host and header conditions hold (they vary per request)?"""
+        if self.hosts and not any(h(request) for h in self.hosts):
+            return False
+        return all(h(request) for h in self.headers)
+
+    def limits_for(self, identity: str, tier: str | None) -> tuple[Rate, ...]:
+        """The limits of ``identity`` (whose tier value is ``tier``): an override, its tier's, or ``rates``."""
+        found = self.overrides.get(identity)
+        if found is not None:
+            return found
+        if self.tiers is not None:
+            return self.tiers.limits.get(tier, self.tiers.default) if tier is not None else self.tiers.default
+        return self.rates
 
     def cost_of(self, request: RequestInfo) -> int:
         """What ``request`` costs under this rule (a bad cost function's answer costs 1)."""

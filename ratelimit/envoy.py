@@ -1,0 +1,258 @@
+"""The envoyproxy/ratelimit service's config format, evaluated in the app.
+
+A service config (``domain`` plus nested ``descriptors``) is read as it is and matched
+with that service's precedence: at each level an exact ``key``/``value``, then a
+wildcard value (``value: "api*"``), then the key alone (one counter per distinct
+value); a limit applies only at the depth of the request descriptor's last entry.
+Request descriptors come from Envoy route ``rate_limits`` actions
+(:mod:`ratelimit._envoy_actions`) or, without them, from every key path of the tree.
+
+Differences from the service, on purpose: counting is a sliding window counter, not
+a fixed window; all of a request's limits are decided together, so a denied request
+counts against none of its other descriptors.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._envoy_actions import SKIP, Action
+from ._rate import Rate
+from ._reader import Field
+from .matchers import header_value
+from .request import RequestInfo
+from .rules import Rule
+from .ruleset import Charge
+
+__all__ = ["UNITS", "DescriptorRule", "DescriptorTree", "read_service_config"]
+
+UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800, "month": 2592000, "year": 31536000}
+_DESCRIPTOR_KEYS = ("key", "value", "rate_limit", "descriptors", "shadow_mode", "detailed_metric", "value_to_metric")
+_LIMIT_KEYS = ("requests_per_unit", "unit", "unit_multiplier", "unlimited", "name", "replaces")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class _Limit:
+    rates: tuple[Rate, ...]  # empty: unlimited
+    policy: str
+    label: str | None
+    replaces: frozenset[str]
+    shadow: bool
+
+
+@dataclass
+class _Level:
+    exact: dict[tuple[str, str], _Node] = field(default_factory=dict)
+    wildcards: list[tuple[str, str, _Node]] = field(default_factory=list)
+    key_only: dict[str, _Node] = field(default_factory=dict)
+
+    def find(self, key: str, value: str) -> _Node | None:
+        node = self.exact.get((key, value))
+        if node is None:
+            for wkey, prefix, candidate in self.wildcards:
+                if wkey == key and value.startswith(prefix):
+                    return candidate
+            node = self.key_only.get(key)
+        return node
+
+
+@dataclass
+class _Node:
+    key: str
+    value: str | None
+    limit: _Limit | None
+    children: _Level
+
+
+class DescriptorTree:
+    """One domain's descriptors, ready to look request descriptors up."""
+
+    def __init__(self, domain: str, root: _Level, paths: list[tuple[tuple[str, str | None], ...]]) -> None:
+        self.domain = domain
+        self.root = root
+        self.key_paths = paths  # every key path ending in a limit (generic_key keeps its value)
+
+    def lookup(self, entries: list[tuple[str, str]]) -> _Limit | None:
+        """The limit for a request descriptor, with the service's precedence."""
+        level = self.root
+        last = len(entries) - 1
+        for i, (key, value) in enumerate(entries):
+            node = level.find(key, value)
+            if node is None:
+                return None
+            if i == last:
+                return node.limit
+            level = node.children
+        return None
+
+
+def read_service_config(f: Field, shadow: bool = False) -> DescriptorTree | None:
+    """Read ``domain`` and ``descriptors`` as the envoyproxy/ratelimit service does."""
+    keys = f.mapping(("domain", "descriptors"), required=("domain",))
+    if keys is None or "domain" not in keys:
+        return None
+    domain = keys["domain"].string()
+    paths: list[tuple[tuple[str, str | None], ...]] = []
+    root = _read_level(keys["descriptors"], domain or "", (), paths, shadow) if "descriptors" in keys else _Level()
+    return DescriptorTree(domain, root, paths) if domain is not None and root is not None else None
+
+
+def _read_level(f: Field, where: str, path: tuple[Any, ...], paths: list[Any], shadow: bool) -> _Level | None:
+    level = _Level()
+    ok = True
+    for item in f.items() or []:
+        keys = item.mapping(_DESCRIPTOR_KEYS, required=("key",))
+        if keys is None or "key" not in keys:
+            ok = False
+            continue
+        key = keys["key"].string()
+        value = keys["value"].string() if "value" in keys else None
+        if key is None or ("value" in keys and value is None):
+            ok = False
+            continue
+        label = f"{where}.{key}" + (f"={value}" if value is not None else "")
+        step = path + ((key, value if key == "generic_key" else None),)
+        node_shadow = shadow or (bool(keys["shadow_mode"].boolean()) if "shadow_mode" in keys else False)
+        limit = _read_limit(keys["rate_limit"], label, node_shadow) if "rate_limit" in keys else None
+        if "rate_limit" in keys and limit is None:
+            ok = False
+        children = _read_level(keys["descriptors"], label, step, paths, shadow) if "descriptors" in keys else _Level()
+        if children is None:
+            ok = False
+            continue
+        node = _Node(key, value, limit, children)
+        if limit is not None and step not in paths:
+            paths.append(step)
+        if value is None:
+            duplicate = key in level.key_only
+            level.key_only[key] = node
+        elif value.endswith("*"):
+            duplicate = any(k == key and p == value[:-1] for k, p, _ in level.wildcards)
+            level.wildcards.append((key, value[:-1], node))
+        else:
+            duplicate = (key, value) in level.exact
+            level.exact[(key, value)] = node
+        if duplicate:
+            item.report.add(item.pos, item.path, f"duplicate descriptor {label!r}")
+            ok = False
+    return level if ok else None
+
+
+def _read_limit(f: Field, label: str, shadow: bool) -> _Limit | None:
+    keys = f.mapping(_LIMIT_KEYS)
+    if keys is None:
+        return None
+    name = keys["name"].string(_NAME, "a name (letters, digits, . _ -)") if "name" in keys else None
+    replaces: set[str] = set()
+    for r in keys["replaces"].items() or [] if "replaces" in keys else []:
+        got = r.mapping(("name",), required=("name",))
+        if got and "name" in got and (n := got["name"].string()) is not None:
+            replaces.add(n)
+    unlimited = keys["unlimited"].boolean() if "unlimited" in keys else False
+    policy = name or label
+    if unlimited:
+        return _Limit((), policy, name, frozenset(replaces), shadow)
+    if "requests_per_unit" not in keys or "unit" not in keys:
+        f.report.add(f.pos, f.path, "needs requests_per_unit and unit (or unlimited: true)")
+        return None
+    count = keys["requests_per_unit"].integer()
+    unit = keys["unit"].string()
+    if unit is not None and unit.lower() not in UNITS:
+        keys["unit"].fail("one of: " + ", ".join(UNITS))
+        return None
+    multiplier = keys["unit_multiplier"].integer(1) if "unit_multiplier" in keys else 1
+    if count is None or unit is None or multiplier is None:
+        return None
+    rate = Rate(count, float(UNITS[unit.lower()] * multiplier))
+    return _Limit((rate,), policy, name, frozenset(replaces), shadow)
+
+
+def _convention(key: str, value: str | None) -> Action:
+    """How a descriptor key is read from the request when no ``rate_limits`` are given."""
+    if key == "generic_key" and value is not None:
+        return lambda request, ip_key: (key, value)
+    if key == "remote_address":
+        return lambda request, ip_key: (key, ip) if (ip := ip_key(request)) else None
+    name = key.lower()
+    return lambda request, ip_key: (key, v) if (v := header_value(request, name)) is not None else None
+
+
+class DescriptorRule:
+    """An envoyproxy/ratelimit domain enforced as one rule.
+
+    Args:
+        name: the rule's name (metrics label of limits without their own ``name``).
+        tree: the domain's descriptors.
+        descriptors: action lists, one per request descriptor; None for the convention
+            (every key path of the tree, keys read from the request).
+        route: which requests the domain applies to (a rule used only for matching).
+        shadow: count and report every limit, deny none.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tree: DescriptorTree,
+        descriptors: list[list[Action]] | None = None,
+        route: Rule | None = None,
+        shadow: bool = False,
+    ) -> None:
+        self.name = name
+        self.tree = tree
+        self.shadow = shadow
+        self.route = route or Rule.of(name, "unlimited")
+        self.conditional = self.route.conditional
+        if descriptors is None:
+            descriptors = [[_convention(k, v) for k, v in path] for path in tree.key_paths]
+        self.descriptors = descriptors
+
+    def __repr__(self) -> str:
+        return f"DescriptorRule({self.name!r}, domain={self.tree.domain!r})"
+
+    def matches_route(self, request: RequestInfo) -> bool:
+        """Do the path and method fit?"""
+        return self.route.matches_route(request)
+
+    def matches_conditions(self, request: RequestInfo) -> bool:
+        """Do the host and header conditions hold?"""
+        return self.route.matches_conditions(request)
+
+    def matches(self, request: RequestInfo) -> bool:
+        """Does this domain apply to ``request``?"""
+        return self.route.matches(request)
+
+    def entries(self, request: RequestInfo, ip_key: Any) -> list[list[tuple[str, str]]]:
+        """The request's descriptors (a descriptor with an action that finds nothing is dropped)."""
+        out = []
+        for actions in self.descriptors:
+            entries = []
+            for action in actions:
+                entry = action(request, ip_key)
+                if entry is None:
+                    break
+                if entry is not SKIP:
+                    entries.append(entry)
+            else:
+                if entries:
+                    out.append(entries)
+        return out
+
+    def charges(self, request: RequestInfo, ip_key: Any) -> list[Charge]:
+        """One charge per request descriptor that has a limit (unlimited ones included, for replaces)."""
+        charges: list[Charge] = []
+        seen: set[str] = set()
+        for entries in self.entries(request, ip_key):
+            limit = self.tree.lookup(entries)
+            if limit is None:
+                continue
+            counted = self.name + "/" + "/".join(f"{k}={v}" for k, v in entries)
+            if counted in seen:
+                continue
+            seen.add(counted)
+            names = (limit.policy,) * len(limit.rates)
+            shadow = limit.shadow or self.shadow
+            charges.append(Charge(limit.label or self.name, counted, limit.rates, names, 1, shadow, limit.replaces))
+        return charges
