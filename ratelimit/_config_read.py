@@ -15,7 +15,7 @@ from ._yaml import YAMLError, load_documents
 from .envoy import DescriptorRule, read_service_config
 from .keys import api_key, client_ip, compose, constant, header, jwt_claim
 from .matchers import HeaderMatch, HostPattern
-from .request import RequestInfo
+from .request import Headers, RequestInfo
 from .rules import _NAME, Rule, Tiers, compile_path, parse_limits
 
 __all__ = ["Document", "read_document"]
@@ -24,7 +24,19 @@ _TOP = ("version", "backend", "identity", "headers", "shadow", "rules", "envoy")
 _BACKEND = ("storage", "prefix", "hash_tag", "timeout", "failure_mode", "deny_cache")
 _IDENTITY = ("trusted_proxies", "missing", "claim_headers", "jwt")
 _JWT = ("jwks_url", "key_file", "key_env", "issuer", "audience", "algorithms", "leeway")
-_RULE = ("name", "match", "key", "limits", "limit", "tiers", "overrides", "cost", "shadow", "missing", "replaces")
+_RULE = (
+    "name",
+    "match",
+    "key",
+    "limits",
+    "limit",
+    "tiers",
+    "overrides",
+    "cost",
+    "shadow",
+    "missing",
+    "replaces",
+)
 _MATCH = ("paths", "path", "methods", "hosts", "headers", "grpc")
 _HEADER_MATCH = ("exact", "prefix", "suffix", "contains", "regex", "present", "invert", "ignore_case")
 _ENVOY = ("name", "file", "domain", "descriptors", "match", "rate_limits")
@@ -74,7 +86,9 @@ class _Keys:
                     f.fail("a non-empty list of keys")
                 return None
             return parts[0] if len(parts) == 1 else compose(*parts)
-        text = f.string(expected="a key: global, ip, header:NAME, claim:NAME, api_key:NAME, path, method, host")
+        text = f.string(
+            expected="a key: global, ip, header:NAME, claim:NAME, api_key:NAME, path, method, host"
+        )
         if text is None:
             return None
         try:
@@ -188,7 +202,9 @@ def _read_backend(f: Field, out: dict[str, Any]) -> None:
         return
     readers = {
         "storage": lambda g: g.string(),
-        "prefix": lambda g: g.string(re.compile(r"[A-Za-z0-9._:-]{1,64}"), "a key prefix (letters, digits, . _ : -)"),
+        "prefix": lambda g: g.string(
+            re.compile(r"[A-Za-z0-9._:-]{1,64}"), "a key prefix (letters, digits, . _ : -)"
+        ),
         "hash_tag": lambda g: g.string(),
         "timeout": lambda g: g.duration(),
         "failure_mode": lambda g: g.choice(("open", "closed", "local")),
@@ -209,7 +225,9 @@ def _read_identity(f: Field, settings: dict[str, Any]) -> _Keys:
     if "missing" in keys and (m := keys["missing"].choice(_MISSING)) is not None:
         settings["missing_identity"] = m
     claim_headers: dict[str, str] = {}
-    if "claim_headers" in keys and (ch := keys["claim_headers"].mapping(list(keys["claim_headers"].value or {}))):
+    if "claim_headers" in keys and (
+        ch := keys["claim_headers"].mapping(list(keys["claim_headers"].value or {}))
+    ):
         for claim, g in ch.items():
             h = g.string(_HEADER_NAME, "a header name")
             if h is not None:
@@ -283,10 +301,10 @@ def _read_rule(f: Field, maker: _Keys, shadow: bool, taken: set[str]) -> Rule | 
     own_shadow = keys["shadow"].boolean() if "shadow" in keys else False
     missing = keys["missing"].choice(_MISSING) if "missing" in keys else None
     replaces = [g.string() for g in keys["replaces"].many()] if "replaces" in keys else []
-    parts = (name, rates, match, key, cost, own_shadow, overrides)
-    if any(p is None for p in parts) or ("tiers" in keys and tiers is None) or None in replaces:
+    parts = (rates, key, own_shadow)
+    if name is None or match is None or cost is None or overrides is None or any(p is None for p in parts):
         return None
-    if "missing" in keys and missing is None:
+    if ("tiers" in keys and tiers is None) or None in replaces or ("missing" in keys and missing is None):
         return None
     try:
         return Rule.of(
@@ -308,13 +326,21 @@ def _read_match(f: Field) -> dict[str, Any] | None:
     for name in ("paths", "path"):
         for g in keys[name].many() if name in keys else []:
             p = g.string()
-            if p is not None and g.convert(compile_path, "a path pattern: /exact, /one/*, /below/**, {param}, re:...") is None:
+            if (
+                p is not None
+                and g.convert(compile_path, "a path pattern: /exact, /one/*, /below/**, {param}, re:...")
+                is None
+            ):
                 p = None
             ok = ok and p is not None
             paths.append(p or "")
     for g in keys["grpc"].many() if "grpc" in keys else []:
         gk = g.mapping(("service", "method"), required=("service",)) or {}
-        service = gk["service"].string(_GRPC_NAME, "a gRPC service name like shop.Cart, or *") if "service" in gk else None
+        service = (
+            gk["service"].string(_GRPC_NAME, "a gRPC service name like shop.Cart, or *")
+            if "service" in gk
+            else None
+        )
         method = gk["method"].string(_GRPC_NAME, "a gRPC method name, or *") if "method" in gk else "*"
         ok = ok and service is not None and method is not None
         paths.append(f"/{service}/{method}")
@@ -325,11 +351,17 @@ def _read_match(f: Field) -> dict[str, Any] | None:
         ok = ok and None not in methods
         out["methods"] = [m for m in methods if m]
     if "hosts" in keys:
-        hosts = [g.convert(lambda v: HostPattern(str(v)), "a host name, or *.example.com") for g in keys["hosts"].many()]
+        hosts = [
+            g.convert(lambda v: HostPattern(str(v)), "a host name, or *.example.com")
+            for g in keys["hosts"].many()
+        ]
         ok = ok and None not in hosts
         out["hosts"] = hosts
     if "headers" in keys:
-        matchers = [_read_header_match(str(n), keys["headers"].child(n)) for n in keys["headers"].mapping(list(keys["headers"].value or {})) or {}]
+        matchers = [
+            _read_header_match(str(n), keys["headers"].child(n))
+            for n in keys["headers"].mapping(list(keys["headers"].value or {})) or {}
+        ]
         ok = ok and None not in matchers
         out["headers"] = matchers
     return out if ok else None
@@ -368,7 +400,11 @@ def _read_tiers(f: Field, maker: _Keys) -> Tiers | None:
         return None
     by = maker.read(keys["by"])
     levels: dict[str, Any] = {}
-    table = keys["limits"].mapping([str(k) for k in keys["limits"].value or {}]) if isinstance(keys["limits"].value, dict) else keys["limits"].mapping(())
+    table = (
+        keys["limits"].mapping([str(k) for k in keys["limits"].value or {}])
+        if isinstance(keys["limits"].value, dict)
+        else keys["limits"].mapping(())
+    )
     for tier, g in (table or {}).items():
         levels[str(tier)] = _read_limits(g)
     default = _read_limits(keys["default"])
@@ -387,17 +423,10 @@ def _read_overrides(f: Field, key: Any) -> dict[str, Any] | None:
         if limits is None:
             return None
         if isinstance(key, api_key):  # written as the API key, counted by its hash
-            identity = key(RequestInfo("http", "GET", "/", _OneHeader(key.header_name, str(identity)))) or ""
+            probe = RequestInfo("http", "GET", "/", Headers([(key.header_name, str(identity))]))
+            identity = key(probe) or ""
         out[str(identity)] = limits
     return out
-
-
-class _OneHeader:
-    def __init__(self, name: str, value: str) -> None:
-        self.name, self.value = name, value
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self.value if name == self.name else default
 
 
 def _read_envoy(f: Field, shadow: bool, taken: set[str], base: Path | None, doc: Document) -> Any:
@@ -457,4 +486,6 @@ def _read_envoy_file(f: Field, base: Path | None, doc: Document) -> Any:
 
 def _slug(text: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "envoy"
-    return cleaned[:55] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8] if len(cleaned) > 64 else cleaned
+    return (
+        cleaned[:55] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8] if len(cleaned) > 64 else cleaned
+    )

@@ -16,7 +16,7 @@ from ._reader import Field
 from .matchers import HeaderMatch, header_value
 from .request import RequestInfo
 
-__all__ = ["SKIP", "Action", "ENVOY_ONLY_ACTIONS", "read_actions", "read_header_matcher"]
+__all__ = ["ENVOY_ONLY_ACTIONS", "SKIP", "Action", "read_actions", "read_header_matcher"]
 
 SKIP = ("", "")  # an entry left out (request_headers with skip_if_absent)
 Action = Callable[[RequestInfo, Any], "tuple[str, str] | None"]

@@ -131,7 +131,9 @@ class Field:
 
         text = _ENV.sub(expand, text)
         if missing:
-            self.report.add(self.pos, self.path, f"environment variable {missing[0]} is not set (and no :-default)")
+            self.report.add(
+                self.pos, self.path, f"environment variable {missing[0]} is not set (and no :-default)"
+            )
             return None
         if pattern is not None and not pattern.fullmatch(text):
             self.fail(expected)

@@ -93,8 +93,10 @@ def load_documents(text: str) -> list[Any]:
 def position(container: Any, key: Any) -> tuple[int, int] | None:
     """Where ``container[key]`` is written, if known."""
     lines = getattr(container, "lines", None)
+    at: tuple[int, int] | None = getattr(container, "at", None)
     if isinstance(lines, dict):
-        return lines.get(key) or getattr(container, "at", None)
+        found: tuple[int, int] | None = lines.get(key)
+        return found or at
     if isinstance(lines, list) and isinstance(key, int) and 0 <= key < len(lines):
-        return lines[key]
-    return getattr(container, "at", None)
+        return lines[key]  # type: ignore[no-any-return]
+    return at

@@ -148,13 +148,13 @@ class RateLimitMiddleware:
         *,
         key: Any = None,
         limits: Mapping[str, RateLike] | None = None,
-        missing_identity: MissingIdentity = "ip",
-        headers: bool = True,
-        legacy_headers: bool = True,
+        missing_identity: MissingIdentity | None = None,
+        headers: bool | None = None,
+        legacy_headers: bool | None = None,
         websockets: bool = True,
         metrics: Any = None,
         on_denied: DenialHook | None = None,
-        trusted_proxies: int = 0,
+        trusted_proxies: int | None = None,
     ) -> None:
         self.app = app
         self.enforcer = Enforcer.for_adapter(
@@ -171,7 +171,6 @@ class RateLimitMiddleware:
         )
         self.websockets = websockets
         self.on_denied = on_denied
-        self._checks = bool(self.enforcer.rules)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -186,7 +185,7 @@ class RateLimitMiddleware:
         self, ctx: _Context, scope: Scope, receive: Receive, send: Send
     ) -> list[tuple[str, str]] | None:
         """Decide the middleware's rules: the headers to add, or None once denied here."""
-        if not (self._checks and (matched := self.enforcer.matching(ctx.request))):
+        if not ((rules := self.enforcer.rules) and (matched := self.enforcer.matching(ctx.request, rules))):
             return _NO_HEADERS
         outcome = await self.enforcer.acheck(ctx.request, matched=matched)
         if outcome.action == "deny" or outcome.action == "reject":
@@ -344,9 +343,9 @@ class RateLimit:
         cost: int | Callable[[RequestInfo], int] = 1,
         methods: str | Iterable[str] = (),
         shadow: bool = False,
-        missing_identity: MissingIdentity = "ip",
-        headers: bool = True,
-        legacy_headers: bool = True,
+        missing_identity: MissingIdentity | None = None,
+        headers: bool | None = None,
+        legacy_headers: bool | None = None,
         metrics: Any = None,
         trusted_proxies: int = 0,
     ) -> None:

@@ -65,7 +65,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read the config file: {getattr(exc, 'strerror', None) or exc}"]) from None
+        raise ConfigError(
+            [f"{path}: cannot read the config file: {getattr(exc, 'strerror', None) or exc}"]
+        ) from None
     config = parse_config(text, str(path), path.parent)
     return Config(config.ruleset, config.limiter_options, (path, *config.files), config.digest)
 
@@ -106,7 +108,9 @@ class ConfigSource:
         """Watch the file from a daemon thread."""
         if self.interval is None or self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._watch, args=(limiter,), name="ratelimit-config", daemon=True)
+        self._thread = threading.Thread(
+            target=self._watch, args=(limiter,), name="ratelimit-config", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -137,14 +141,21 @@ class ConfigSource:
                 key = str(exc)
                 if key != self._rejected:
                     self._rejected = key
-                    log.error("ratelimit: rejected the new %s, the previous rules stay in force:\n%s", self.path, exc)
+                    log.error(
+                        "ratelimit: rejected the new %s, the previous rules stay in force:\n%s",
+                        self.path,
+                        exc,
+                    )
                 return False
             self._rejected = None
             if config.digest == self.current.digest:
                 self.current = config
                 return False
             if config.limiter_options != self.current.limiter_options:
-                log.warning("ratelimit: %s changed its backend section; that takes a restart (kept the old backend)", self.path)
+                log.warning(
+                    "ratelimit: %s changed its backend section; that takes a restart (kept the old backend)",
+                    self.path,
+                )
             self.current = config
             self._seen = _fingerprint(config.files)
             limiter.ruleset = config.ruleset

@@ -14,6 +14,8 @@
         "RULES": "myproject.limits.rules",         # Rule objects, or a dotted path to a list
         "MISSING_IDENTITY": "ip",                  # "ip" | "anonymous" | "reject" (401)
     }
+    # or, with the rules in a config file (docs/configuration.md), watched for changes:
+    RATELIMIT = {"CONFIG": "/etc/ratelimit/limits.yaml"}
 
 The middleware decides the configured rules on every request (429 with RateLimit
 headers and a problem+json body, 401 for ``"reject"``), sets
@@ -51,6 +53,7 @@ __all__ = ["RateLimitMiddleware", "render"]
 
 _SETTINGS = frozenset(
     {
+        "CONFIG",
         "LIMITER",
         "RULES",
         "LIMITS",
@@ -75,7 +78,11 @@ def _load(value: Any) -> Any:
     return import_string(value) if isinstance(value, str) else value
 
 
-def _limiter(value: Any) -> Limiter:
+def _limiter(value: Any, config: Any = None) -> Limiter:
+    if config is not None:
+        if "LIMITER" in getattr(settings, "RATELIMIT", {}):
+            raise ImproperlyConfigured("RATELIMIT: give CONFIG or LIMITER, not both")
+        return Limiter.from_config(config)
     if isinstance(value, str) and "://" in value:
         return Limiter(value)
     limiter = _load(value)
@@ -97,20 +104,20 @@ def _config(options: Mapping[str, Any]) -> Enforcer:
     if unknown:
         raise ImproperlyConfigured(f"unknown RATELIMIT settings {unknown}; known: {sorted(_SETTINGS)}")
     key = _load(options.get("KEY"))
-    proxies = options.get("TRUSTED_PROXIES", 0)
+    proxies = options.get("TRUSTED_PROXIES")
     if isinstance(key, type):  # "ratelimit.keys.client_ip": the class, called with no arguments
         key = key()
     try:
         return Enforcer.for_adapter(
-            _limiter(options.get("LIMITER", "memory://")),
+            _limiter(options.get("LIMITER", "memory://"), options.get("CONFIG")),
             "django",
             _rules(options.get("RULES", ())),
             limits=options.get("LIMITS"),
             key=key,
             trusted_proxies=proxies,
-            missing_identity=options.get("MISSING_IDENTITY", "ip"),
-            headers=options.get("HEADERS", True),
-            legacy_headers=options.get("LEGACY_HEADERS", True),
+            missing_identity=options.get("MISSING_IDENTITY"),
+            headers=options.get("HEADERS"),
+            legacy_headers=options.get("LEGACY_HEADERS"),
             metrics=_load(options.get("METRICS")),
         )
     except (TypeError, ValueError) as exc:

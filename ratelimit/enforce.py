@@ -139,6 +139,11 @@ class Enforcer:
         self._ruleset = ruleset
 
     @property
+    def own_rules(self) -> tuple[Any, ...]:
+        """The rules given to this enforcer (without the config file's)."""
+        return self._own
+
+    @property
     def rules(self) -> tuple[Any, ...]:
         """Every rule enforced now (the adapter's own, then the config's)."""
         if self._follows and self.limiter.ruleset is not self._ruleset:
@@ -229,7 +234,11 @@ class Enforcer:
         return rate_limit_headers(decision, names, rates, legacy=self.legacy_headers)
 
     def _outcome(
-        self, decision: Decision | None, enforcing: list[Charge], shadow: Decision | None, shadows: list[Charge]
+        self,
+        decision: Decision | None,
+        enforcing: list[Charge],
+        shadow: Decision | None,
+        shadows: list[Charge],
     ) -> Outcome:
         metrics, adapter = self.metrics, self.adapter
         if shadow is not None:
@@ -310,7 +319,9 @@ class Enforcer:
             matched = self.matching(request, rules)
         if not matched:
             return Outcome("skip")
-        identities = [await _aidentity_of(r.key, r, request) if isinstance(r, Rule) else None for r in matched]
+        identities = [
+            await _aidentity_of(r.key, r, request) if isinstance(r, Rule) else None for r in matched
+        ]
         tiers = [await _aidentity_of(r.tiers.by, r, request) if _tiered(r) else None for r in matched]
         charges = self._charges(matched, identities, tiers, request)
         if charges is None:

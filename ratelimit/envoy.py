@@ -28,8 +28,24 @@ from .ruleset import Charge
 
 __all__ = ["UNITS", "DescriptorRule", "DescriptorTree", "read_service_config"]
 
-UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800, "month": 2592000, "year": 31536000}
-_DESCRIPTOR_KEYS = ("key", "value", "rate_limit", "descriptors", "shadow_mode", "detailed_metric", "value_to_metric")
+UNITS = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86400,
+    "week": 604800,
+    "month": 2592000,
+    "year": 31536000,
+}
+_DESCRIPTOR_KEYS = (
+    "key",
+    "value",
+    "rate_limit",
+    "descriptors",
+    "shadow_mode",
+    "detailed_metric",
+    "value_to_metric",
+)
 _LIMIT_KEYS = ("requests_per_unit", "unit", "unit_multiplier", "unlimited", "name", "replaces")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -96,7 +112,11 @@ def read_service_config(f: Field, shadow: bool = False) -> DescriptorTree | None
         return None
     domain = keys["domain"].string()
     paths: list[tuple[tuple[str, str | None], ...]] = []
-    root = _read_level(keys["descriptors"], domain or "", (), paths, shadow) if "descriptors" in keys else _Level()
+    root = (
+        _read_level(keys["descriptors"], domain or "", (), paths, shadow)
+        if "descriptors" in keys
+        else _Level()
+    )
     return DescriptorTree(domain, root, paths) if domain is not None and root is not None else None
 
 
@@ -114,12 +134,16 @@ def _read_level(f: Field, where: str, path: tuple[Any, ...], paths: list[Any], s
             ok = False
             continue
         label = f"{where}.{key}" + (f"={value}" if value is not None else "")
-        step = path + ((key, value if key == "generic_key" else None),)
+        step = (*path, (key, value if key == "generic_key" else None))
         node_shadow = shadow or (bool(keys["shadow_mode"].boolean()) if "shadow_mode" in keys else False)
         limit = _read_limit(keys["rate_limit"], label, node_shadow) if "rate_limit" in keys else None
         if "rate_limit" in keys and limit is None:
             ok = False
-        children = _read_level(keys["descriptors"], label, step, paths, shadow) if "descriptors" in keys else _Level()
+        children = (
+            _read_level(keys["descriptors"], label, step, paths, shadow)
+            if "descriptors" in keys
+            else _Level()
+        )
         if children is None:
             ok = False
             continue
@@ -254,5 +278,7 @@ class DescriptorRule:
             seen.add(counted)
             names = (limit.policy,) * len(limit.rates)
             shadow = limit.shadow or self.shadow
-            charges.append(Charge(limit.label or self.name, counted, limit.rates, names, 1, shadow, limit.replaces))
+            charges.append(
+                Charge(limit.label or self.name, counted, limit.rates, names, 1, shadow, limit.replaces)
+            )
         return charges

@@ -85,12 +85,12 @@ class RateLimit:
         rules: Iterable[Rule] = (),
         key: Any = None,
         limits: Mapping[str, RateLike] | None = None,
-        missing_identity: MissingIdentity = "ip",
-        headers: bool = True,
-        legacy_headers: bool = True,
+        missing_identity: MissingIdentity | None = None,
+        headers: bool | None = None,
+        legacy_headers: bool | None = None,
         metrics: Any = None,
         mode: Literal["middleware", "hooks"] = "middleware",
-        trusted_proxies: int = 0,
+        trusted_proxies: int | None = None,
     ) -> None:
         if mode not in ("middleware", "hooks"):
             raise ValueError(f"mode must be 'middleware' or 'hooks', got {mode!r}")
@@ -104,7 +104,7 @@ class RateLimit:
             "metrics": metrics,
         }
         self.enforcer = Enforcer.for_adapter(limiter, "flask", rules, limits=limits, key=key, **self.options)
-        self.rules = self.enforcer.rules
+        self.rules = self.enforcer.own_rules  # the middleware adds the config file's rules itself
         if app is not None:
             self.init_app(app)
 

@@ -193,9 +193,9 @@ class _Base:
         *,
         key: Any = None,
         rules: Iterable[Rule] = (),
-        missing_identity: MissingIdentity = "ip",
+        missing_identity: MissingIdentity | None = None,
         metrics: Any = None,
-        trusted_proxies: int = 0,
+        trusted_proxies: int | None = None,
     ) -> None:
         explicit = list(rules)
         taken = {r.name for r in explicit}
@@ -203,11 +203,15 @@ class _Base:
         for pattern, rates in (limits or {}).items():
             name = unique_name(rule_name(pattern), taken)
             built.append(
-                Rule.of(name, rates, key if key is not None else client_ip(trusted_proxies), paths=pattern)
+                Rule.of(
+                    name, rates, key if key is not None else client_ip(trusted_proxies or 0), paths=pattern
+                )
             )
         all_rules = built + explicit
-        if not all_rules:
-            raise ValueError("give limits={pattern: rate} or rules=[Rule, ...]")
+        if not all_rules and limiter.ruleset is None:
+            raise ValueError(
+                "give limits={pattern: rate}, rules=[Rule, ...] or a Limiter.from_config limiter"
+            )
         self.enforcer = Enforcer(
             limiter,
             all_rules,
@@ -217,8 +221,10 @@ class _Base:
             legacy_headers=False,
             metrics=metrics,
             adapter="grpc",
+            config_rules=True,
         )
         self._by_method: dict[str, tuple[Rule, ...]] = {}
+        self._cached_for: tuple[Any, ...] = ()
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -226,9 +232,14 @@ class _Base:
         return self.enforcer.rules
 
     def _rules_for(self, method: str) -> tuple[Rule, ...]:
+        """The rules whose method pattern fits (header conditions are checked per call)."""
+        rules = self.enforcer.rules
+        if rules is not self._cached_for:  # a config reload: forget what was matched
+            self._by_method, self._cached_for = {}, rules
         found = self._by_method.get(method)
         if found is None:
-            found = tuple(self.enforcer.matching(RequestInfo("grpc", "POST", method, Headers())))
+            probe = RequestInfo("grpc", "POST", method, Headers())
+            found = tuple(r for r in rules if r.matches_route(probe))
             if len(self._by_method) < _MAX_CACHED_METHODS:
                 self._by_method[method] = found
         return found
@@ -243,6 +254,13 @@ class _Base:
             peer_ip(context.peer()),
             native=context,
         )
+
+
+def _conditions(rules: tuple[Rule, ...], request: RequestInfo) -> tuple[Rule, ...] | list[Rule]:
+    """The method-matched rules whose metadata conditions hold for this call."""
+    if not any(r.conditional for r in rules):
+        return rules
+    return [r for r in rules if not r.conditional or r.matches_conditions(request)]
 
 
 class RateLimitInterceptor(_Base, grpc.ServerInterceptor):  # type: ignore[misc]
@@ -274,9 +292,8 @@ class RateLimitInterceptor(_Base, grpc.ServerInterceptor):  # type: ignore[misc]
             return handler
 
         def gate(context: Any) -> None:
-            status = _verdict(
-                self.enforcer.check(self._request(handler_call_details, context), matched=rules)
-            )
+            request = self._request(handler_call_details, context)
+            status = _verdict(self.enforcer.check(request, matched=_conditions(rules, request)))
             if status is not None:
                 _abort(context, status)
 
@@ -303,9 +320,8 @@ class AsyncRateLimitInterceptor(_Base, grpc.aio.ServerInterceptor):  # type: ign
             return handler
 
         async def decide(context: Any) -> Any:
-            return _verdict(
-                await self.enforcer.acheck(self._request(handler_call_details, context), matched=rules)
-            )
+            request = self._request(handler_call_details, context)
+            return _verdict(await self.enforcer.acheck(request, matched=_conditions(rules, request)))
 
         async def agate(context: Any) -> None:
             status = await decide(context)

@@ -48,7 +48,7 @@ def resolve(key: Any, request: RequestInfo) -> str | None:
     memo = request.memo
     found = memo.get(id(key))
     if found is not None and found[0] is key:
-        return found[1]
+        return found[1]  # type: ignore[no-any-return]
     result = _resolve(key, request)
     memo[id(key)] = (key, result)  # holding the key keeps its id from being reused
     return result
@@ -69,7 +69,7 @@ async def resolve_async(key: Any, request: RequestInfo) -> str | None:
     memo = request.memo
     found = memo.get(id(key))
     if found is not None and found[0] is key:
-        return found[1]
+        return found[1]  # type: ignore[no-any-return]
     result = await _resolve_async(key, request)
     memo[id(key)] = (key, result)  # holding the key keeps its id from being reused
     return result

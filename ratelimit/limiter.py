@@ -94,7 +94,9 @@ class Limiter:
         self.config: Any = None  # the ratelimit.config.ConfigSource that loaded them, if any
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str], *, reload: bool | float = True, **options: Any) -> Limiter:
+    def from_config(
+        cls, path: str | os.PathLike[str], *, reload: bool | float = True, **options: Any
+    ) -> Limiter:
         """A limiter built from a config file (docs/configuration.md), carrying its rules.
 
         Hand it to any adapter (``RateLimitMiddleware(app, limiter=...)``, the WSGI
@@ -112,7 +114,8 @@ class Limiter:
         """
         from .config import limiter_from_config
 
-        return limiter_from_config(cls, path, reload=reload, options=options)
+        limiter: Limiter = limiter_from_config(cls, path, reload=reload, options=options)
+        return limiter
 
     def reload_config(self) -> bool:
         """Re-read the config file now: True if new rules were applied, False if unchanged or invalid."""

@@ -49,6 +49,7 @@ class Tiers:
         object.__setattr__(self, "limits", {str(k): parse_limits(v) for k, v in self.limits.items()})
         object.__setattr__(self, "default", parse_limits(self.default))
 
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -61,7 +62,10 @@ def compile_path(pattern: str) -> re.Pattern[str]:
     - ``re:`` followed by a regular expression, matched against the whole path.
     """
     if pattern.startswith("re:"):
-        return re.compile(pattern[3:])
+        try:
+            return re.compile(pattern[3:])
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {pattern[3:]!r}: {exc}") from None
     if not pattern.startswith("/"):
         raise ValueError(f"a path pattern starts with '/' (or 're:'), got {pattern!r}")
     out = []
@@ -208,7 +212,7 @@ class Rule:
         return all(h(request) for h in self.headers)
 
     def limits_for(self, identity: str, tier: str | None) -> tuple[Rate, ...]:
-        """The limits of ``identity`` (whose tier value is ``tier``): an override, its tier's, or ``rates``."""
+        """The limits of ``identity`` whose tier is ``tier``: an override, its tier's, or ``rates``."""
         found = self.overrides.get(identity)
         if found is not None:
             return found

@@ -113,12 +113,12 @@ class RateLimitMiddleware:
         *,
         key: Any = None,
         limits: Mapping[str, RateLike] | None = None,
-        missing_identity: MissingIdentity = "ip",
-        headers: bool = True,
-        legacy_headers: bool = True,
+        missing_identity: MissingIdentity | None = None,
+        headers: bool | None = None,
+        legacy_headers: bool | None = None,
         metrics: Any = None,
         on_denied: OnDenied | None = None,
-        trusted_proxies: int = 0,
+        trusted_proxies: int | None = None,
     ) -> None:
         self.app = app
         self.limiter = limiter
