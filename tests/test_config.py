@@ -258,7 +258,9 @@ def test_jwt_verified_claims(tmp_path: Path, drive: Any) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     (tmp_path / "key.pem").write_bytes(pem)
     d = drive(f"""
         identity:
@@ -290,10 +292,13 @@ def test_env_expansion_and_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_backend_section_builds_the_limiter(tmp_path: Path, redis_url: str) -> None:
     """backend: storage, prefix, timeout and failure_mode reach the Limiter."""
-    path = write(tmp_path, f"""
+    path = write(
+        tmp_path,
+        f"""
         backend: {{storage: "{redis_url}", prefix: cfg-test, timeout: 80ms, failure_mode: closed}}
         rules: [{{name: r, limits: 1/minute}}]
-    """)
+    """,
+    )
     with Limiter.from_config(path, reload=False) as limiter:
         assert limiter.failure_mode == "closed"
         assert limiter.keyspace.prefix == "cfg-test"

@@ -289,6 +289,36 @@ async def test_unmatched_methods_are_untouched(serve: Serve) -> None:
     assert (await client.call()).code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+async def test_config_file_rules_with_metadata_conditions_and_reload(serve: Serve, tmp_path: Path) -> None:
+    """A Limiter.from_config limiter needs no limits: its gRPC rules apply, metadata conditions
+    are checked per call, and a reload changes the limits the interceptor enforces."""
+    path = tmp_path / "limits.yaml"
+    path.write_text(
+        "identity: {claim_headers: {sub: x-user-id}}\n"
+        "rules:\n"
+        "  - {name: cart, match: {grpc: {service: shop.Cart, method: GetCart}}, key: claim:sub, limits: 2/minute}\n"
+        "  - name: beta\n"
+        "    match: {grpc: {service: shop.Cart, method: GetCart}, headers: {x-beta: '1'}}\n"
+        "    limits: 1/minute\n"
+    )
+    limiter = Limiter.from_config(path, reload=False, clock=FakeClock(T0))
+    client = await serve(limiter=limiter)
+    assert (await client.call(x_user_id="ann")).code == grpc.StatusCode.OK
+    assert (await client.call(x_user_id="ann", x_beta="1")).code == grpc.StatusCode.OK
+    # The beta rule (1/minute, shared) now denies beta calls, but not plain ones.
+    assert (await client.call(x_user_id="bob", x_beta="1")).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await client.call(x_user_id="bob")).code == grpc.StatusCode.OK
+    assert (await client.call(x_user_id="ann")).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    path.write_text(
+        "identity: {claim_headers: {sub: x-user-id}}\n"
+        "rules: [{name: cart, match: {grpc: {service: shop.Cart}}, key: claim:sub, limits: 4/minute}]\n"
+    )
+    assert limiter.reload_config()
+    assert (await client.call(x_user_id="ann")).code == grpc.StatusCode.OK  # 3 of 4 on the same counter
+    assert (await client.call("WatchCart", x_user_id="ann")).code == grpc.StatusCode.OK  # now matched too
+    assert (await client.call(x_user_id="ann")).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def handler_call_details(method: str) -> Any:
     return type("Details", (), {"method": method, "invocation_metadata": ()})()
 
