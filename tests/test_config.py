@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from config_helpers import Driver, write
+
 from ratelimit import Limiter
 from ratelimit.config import load_config, parse_config
 
@@ -39,7 +39,7 @@ def drive(tmp_path: Path, storage: str | None) -> Iterator[Any]:
 
 
 def test_tiers_by_claim_header_with_default(drive: Any) -> None:
-    """Each plan gets its tier's limit; an unknown or missing plan gets the default; unlimited is never counted."""
+    """Each plan gets its tier's limit, others the default; unlimited is never counted."""
     d = drive("""
         identity: {claim_headers: {sub: x-user-id, plan: x-user-plan}}
         rules:

@@ -1,4 +1,4 @@
-"""Limiter.from_config handed to the ASGI, WSGI, Flask and Django adapters: the file's rules apply with no code."""
+"""Limiter.from_config handed to ASGI, WSGI, Flask and Django adapters: the file's rules apply."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from config_helpers import T0, write
+
 from ratelimit import Limiter
 from ratelimit.testing import FakeClock
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from config_helpers import Driver, write
 
 SERVICE = """
@@ -79,7 +78,7 @@ def test_limit_applies_only_at_the_last_entrys_depth(drive: Any) -> None:
 
 
 def test_convention_generates_every_limited_key_path(drive: Any) -> None:
-    """Without rate_limits every key path with a limit is a descriptor: user alone and user + :path both apply."""
+    """Without rate_limits every limited key path is a descriptor: user, and user + :path, both apply."""
     d = drive(SERVICE, name="config.yaml")
     assert d.allowed(5, path="/upload", user="bob") == 1
     assert d.allowed(5, path="/x", user="bob") == 2  # user's 3/minute, one already used

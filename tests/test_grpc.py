@@ -296,7 +296,7 @@ async def test_config_file_rules_with_metadata_conditions_and_reload(serve: Serv
     path.write_text(
         "identity: {claim_headers: {sub: x-user-id}}\n"
         "rules:\n"
-        "  - {name: cart, match: {grpc: {service: shop.Cart, method: GetCart}}, key: claim:sub, limits: 2/minute}\n"
+        "  - {name: cart, match: {grpc: {service: shop.Cart, method: GetCart}}, key: claim:sub, limits: 2/minute}\n"  # noqa: E501
         "  - name: beta\n"
         "    match: {grpc: {service: shop.Cart, method: GetCart}, headers: {x-beta: '1'}}\n"
         "    limits: 1/minute\n"

@@ -1,4 +1,4 @@
-"""Hot reload: a ConfigMap-style symlink swap is picked up without restart or lost counters; bad files are rejected."""
+"""Hot reload: a ConfigMap symlink swap applies without restart or lost counters; bad files are rejected."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from config_helpers import request
+
 from ratelimit import Limiter
 from ratelimit.enforce import Enforcer
 
 
 class ConfigMapVolume:
-    """A directory laid out as the kubelet does: limits.yaml -> ..data/limits.yaml, ..data -> ..<timestamp>."""
+    """A directory laid out as the kubelet does: limits.yaml -> ..data/limits.yaml -> ..<timestamp>/."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
