@@ -229,6 +229,7 @@ class DescriptorRule:
         self.shadow = shadow
         self.route = route or Rule.of(name, "unlimited")
         self.conditional = self.route.conditional
+        self.conventional = descriptors is None
         if descriptors is None:
             descriptors = [[_convention(k, v) for k, v in path] for path in tree.key_paths]
         self.descriptors = descriptors

@@ -34,6 +34,11 @@ def test_demo_runs_and_shows_the_key_lines() -> None:
     out = proc.stdout
     assert "SIMULATED" in out
     assert "allowed" in out and "limited" in out
+    # The served app: three 200s, then a 429 with Retry-After, then another user's 200.
+    served = out.split("0. A served app", 1)[1].split("\n1. ", 1)[0]
+    codes = [line.rsplit("->", 1)[1].strip() for line in served.splitlines() if "->" in line]
+    assert codes == ["200", "200", "200", "429", "200"]
+    assert 'RateLimit: "items";r=0' in served and "Retry-After:" in served
     # alice's sixth request in 10 s, one a second: denied, back 7 s later.
     assert 'RateLimit-Policy: "user";q=5;w=10' in out
     assert 'RateLimit: "user";r=0;t=7' in out
