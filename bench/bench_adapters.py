@@ -297,6 +297,30 @@ def _asgi_middleware(env: Env, url: str | None) -> Built:
     return _asgi(env, make)
 
 
+def _asgi_config(env: Env) -> Built:
+    async def make() -> Any:
+        import tempfile
+        from pathlib import Path
+
+        from ratelimit import Limiter
+        from ratelimit.asgi import RateLimitMiddleware
+
+        # A config file with tiers (the tier header is absent: every request takes the default).
+        text = (
+            f"rules:\n  - name: items\n    match: {{path: {PATH}}}\n    key: header:{SUBJECT}\n"
+            f"    tiers: {{by: header:x-plan, limits: {{pro: 1000000/minute}}, default: '{env.settings.rate}'}}\n"
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "limits.yaml"
+            path.write_text(text)
+            limiter = Limiter.from_config(path, reload=False)
+        metrics = FallbackCounter()
+        app = RateLimitMiddleware(bare_starlette(), limiter=limiter, metrics=metrics)
+        return app, limiter.aclose, _counting(metrics), []
+
+    return _asgi(env, make)
+
+
 def _asgi_decorator(env: Env) -> Built:
     """``@limiter.limit`` on a Starlette endpoint, behind the middleware (no rules of its own)."""
 
@@ -371,6 +395,13 @@ ASGI_VARIANTS = [
         "bare",
         ("starlette", "ratelimit.asgi:RateLimitMiddleware", "redis"),
         needs_redis=True,
+    ),
+    Variant(
+        "config-memory",
+        "RateLimitMiddleware(limiter=Limiter.from_config(file)): one rule with tiers by header, Limiter()",
+        _asgi_config,
+        "bare",
+        ("starlette", "ratelimit.asgi:RateLimitMiddleware", "yaml"),
     ),
     Variant(
         "decorator-memory",
