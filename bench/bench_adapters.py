@@ -308,7 +308,8 @@ def _asgi_config(env: Env) -> Built:
         # A config file with tiers (the tier header is absent: every request takes the default).
         text = (
             f"rules:\n  - name: items\n    match: {{path: {PATH}}}\n    key: header:{SUBJECT}\n"
-            f"    tiers: {{by: header:x-plan, limits: {{pro: 1000000/minute}}, default: '{env.settings.rate}'}}\n"
+            f"    tiers: {{by: header:x-plan, limits: {{pro: 1000000/minute}},"
+            f" default: '{env.settings.rate}'}}\n"
         )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "limits.yaml"
