@@ -106,7 +106,7 @@ def _descriptors(items: list[Any], where: str, m: Manifest, report: Report) -> l
 
 
 def _rate_limit(limit: dict[str, Any], where: str, m: Manifest, report: Report) -> dict[str, Any] | None:
-    out = {}
+    out: dict[str, Any] = {}
     for name, value in limit.items():
         if name not in _RATE_LIMIT:
             report.add(m, "untranslated", f"{where}.{name}", "unknown rate_limit field; left out")
