@@ -1,0 +1,193 @@
+"""The documentation site: it builds in strict mode, the nav has every page, links resolve,
+and the Python examples in the pages are valid Python.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import markdown
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+MARKDOWN_EXTENSIONS = ["toc", "tables", "fenced_code", "admonition", "attr_list"]
+
+# Blocks fenced as ```python that show a call signature, not code (a bare `*`, annotated
+# parameters). Keyed by page and first line; the test fails if one disappears or starts
+# compiling, so this list cannot outlive its reason.
+SIGNATURE_BLOCKS = {
+    ("api.md", "Limiter("),
+    ("api.md", "Rate(limit: int, window: float)   # window in seconds"),
+}
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n]*)$", re.M)
+_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
+
+
+def _blocks(text: str) -> Iterator[tuple[int, str, str, tuple[int, int]]]:
+    """(line, info string, dedented code, span in ``text``) of every fenced block."""
+    pos = 0
+    while (opening := _FENCE.search(text, pos)) is not None:
+        indent, fence = opening["indent"], opening["fence"]
+        closing = re.compile(rf"^{re.escape(indent)}{re.escape(fence)}[ \t]*$", re.M)
+        line = text.count("\n", 0, opening.start()) + 1
+        end = closing.search(text, opening.end())
+        assert end is not None, f"unclosed code block at line {line}"
+        body = text[opening.end() + 1 : end.start()]
+        code = "\n".join(ln[len(indent) :] if ln.startswith(indent) else ln for ln in body.splitlines())
+        yield line, opening["info"].strip(), code, (opening.start(), end.end())
+        pos = end.end()
+
+
+def _prose(text: str) -> str:
+    """The page without fenced blocks and inline code (where link syntax is not a link)."""
+    kept, pos = [], 0
+    for _, _, _, (start, end) in _blocks(text):
+        kept.append(text[pos:start])
+        pos = end
+    kept.append(text[pos:])
+    return _INLINE_CODE.sub("", "".join(kept))
+
+
+def _nav_pages(nav: Any) -> Iterator[str]:
+    if isinstance(nav, str):
+        yield nav
+    elif isinstance(nav, list):
+        for item in nav:
+            yield from _nav_pages(item)
+    elif isinstance(nav, dict):
+        for value in nav.values():
+            yield from _nav_pages(value)
+
+
+@cache
+def _config() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+
+
+@cache
+def _anchors(page: str) -> frozenset[str]:
+    """The heading ids Python-Markdown's toc gives ``page`` (what mkdocs links to)."""
+    md = markdown.Markdown(extensions=MARKDOWN_EXTENSIONS)
+    md.convert((DOCS / page).read_text(encoding="utf-8"))
+    found: set[str] = set()
+    tokens = list(md.toc_tokens)  # type: ignore[attr-defined]
+    while tokens:
+        token = tokens.pop()
+        found.add(token["id"])
+        tokens.extend(token["children"])
+    return frozenset(found)
+
+
+def _links(page: str) -> Iterator[str]:
+    yield from _LINK.findall(_prose((DOCS / page).read_text(encoding="utf-8")))
+
+
+def test_mkdocs_yml_uses_only_bundled_pieces() -> None:
+    """A built-in theme, no plugins, Python-Markdown's own extensions: `pip install -e '.[dev]'` suffices."""
+    config = _config()
+    assert config["docs_dir"] == "docs"
+    assert config["theme"]["name"] in ("mkdocs", "readthedocs")
+    assert not config.get("plugins")
+    names = [next(iter(e)) if isinstance(e, dict) else e for e in config["markdown_extensions"]]
+    assert set(names) <= set(MARKDOWN_EXTENSIONS)
+    toc = next(e["toc"] for e in config["markdown_extensions"] if isinstance(e, dict) and "toc" in e)
+    assert toc["permalink"]
+
+
+def test_every_page_is_in_the_nav_and_every_nav_entry_exists() -> None:
+    """Each docs/*.md is reachable from the nav, once; the nav names no missing page."""
+    nav = list(_nav_pages(_config()["nav"]))
+    assert len(nav) == len(set(nav)), "a page is in the nav twice"
+    assert sorted(nav) == PAGES, (
+        f"not in nav: {sorted(set(PAGES) - set(nav))}; missing: {sorted(set(nav) - set(PAGES))}"
+    )
+    assert nav[0] == "index.md"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_relative_links_resolve(page: str) -> None:
+    """Links to pages (and their #anchors) resolve; links out of docs/ name a repository file."""
+    for link in _links(page):
+        if re.match(r"[a-z][a-z0-9+.-]*:", link) or link.startswith("//"):
+            continue  # an external URL
+        assert not link.startswith("/"), f"{page}: absolute link {link!r} (make it relative)"
+        path, _, anchor = link.partition("#")
+        if not path:
+            assert anchor in _anchors(page), f"{page}: no heading #{anchor} on this page"
+            continue
+        target = (DOCS / page).parent.joinpath(path).resolve()
+        assert target.is_relative_to(ROOT), f"{page}: {link!r} leaves the repository"
+        assert target.exists(), f"{page}: {link!r} points to nothing ({target.relative_to(ROOT)})"
+        if target.is_relative_to(DOCS) and target.suffix == ".md" and anchor:
+            name = target.relative_to(DOCS).as_posix()
+            assert anchor in _anchors(name), f"{page}: {name} has no heading #{anchor}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_python_examples_compile(page: str) -> None:
+    """Every ```python block on the page is valid Python (top-level await allowed)."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    for line, info, code, _ in _blocks(text):
+        if info.split()[:1] not in (["python"], ["py"]):
+            continue
+        first = code.splitlines()[0] if code else ""
+        where = f"{page}:{line}"
+        if (page, first) in SIGNATURE_BLOCKS:
+            with pytest.raises(SyntaxError):
+                compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            continue
+        compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+def test_signature_blocks_still_exist() -> None:
+    """Each SIGNATURE_BLOCKS entry names a block that is still in the docs."""
+    present = {
+        (page, code.splitlines()[0])
+        for page in PAGES
+        for _, info, code, _ in _blocks((DOCS / page).read_text(encoding="utf-8"))
+        if info.startswith("python") and code
+    }
+    assert present >= SIGNATURE_BLOCKS, sorted(SIGNATURE_BLOCKS - present)
+
+
+def test_site_builds_in_strict_mode(tmp_path: Path) -> None:
+    """`mkdocs build --strict` succeeds, writes every page, and ships the Grafana dashboard."""
+    site = tmp_path / "site"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "mkdocs", "build", "--strict"),
+            *("--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(site)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    for page in PAGES:
+        stem = page[: -len(".md")]
+        built = site / ("index.html" if stem == "index" else f"{stem}/index.html")
+        assert built.is_file(), f"{page} was not built"
+    assert (site / "grafana" / "ratelimit-dashboard.json").is_file()
+    # Links out of docs/ (to examples/, bench/) are reported at INFO level by the
+    # mkdocs.yml validation settings; any other unresolved link must not hide there.
+    for source, link in re.findall(
+        r"Doc file '([^']+)' contains (?:a|an unrecognized relative) link '([^']+)'", log
+    ):
+        target = (DOCS / source).parent.joinpath(link.partition("#")[0]).resolve()
+        assert not target.is_relative_to(DOCS), f"{source}: unresolved link {link!r}"
+        assert target.exists(), f"{source}: {link!r} points to nothing"
