@@ -61,9 +61,12 @@ def _filters_for(scope: Scope, stage: int, filters: list[GlobalFilter]) -> list[
 
 
 def envoy_entries(
-    parsed: Parsed, services: list[ServiceConfig], taken: set[str], report: Report
+    parsed: Parsed, services: list[ServiceConfig], taken: set[str], used: set[str], report: Report
 ) -> list[dict[str, Any]]:
-    """``envoy:`` entries: each domain's service config with the rate_limits that feed it."""
+    """``envoy:`` entries: each domain's service config with the rate_limits that feed it.
+
+    ``used`` names the rate_limits entries local descriptors read: those need no filter.
+    """
     by_domain: dict[str, ServiceConfig] = {}
     for svc in services:
         if svc.domain in by_domain:
@@ -75,7 +78,7 @@ def envoy_entries(
             )
         else:
             by_domain[svc.domain] = svc
-    grouped = _group(parsed, by_domain, report)
+    grouped = _group(parsed, by_domain, used, report)
     out: list[dict[str, Any]] = []
     for (domain, _), (rl, entries) in grouped.items():
         item: dict[str, Any] = {"name": safe_name(f"envoy-{domain}", taken), "domain": domain}
@@ -127,13 +130,13 @@ def envoy_entries(
 
 
 def _group(
-    parsed: Parsed, by_domain: dict[str, ServiceConfig], report: Report
+    parsed: Parsed, by_domain: dict[str, ServiceConfig], used: set[str], report: Report
 ) -> dict[tuple[str, str], tuple[RateLimits, list[dict[str, Any]]]]:
     grouped: dict[tuple[str, str], tuple[RateLimits, list[dict[str, Any]]]] = {}
     for rl in parsed.limits:
         for where, stage, entry in rl.entries:
             filters = _filters_for(rl.scope, stage, parsed.filters)
-            if not filters and not parsed.locals:
+            if not filters and where not in used:
                 report.add(
                     rl.scope.source,
                     "untranslated",
@@ -172,9 +175,12 @@ def _vhost_and_route(grouped: dict[tuple[str, str], tuple[RateLimits, Any]], rep
 
 
 def local_rules(
-    parsed: Parsed, claims: dict[str, str], taken: set[str], report: Report
+    parsed: Parsed, claims: dict[str, str], taken: set[str], used: set[str], report: Report
 ) -> list[dict[str, Any]]:
-    """``rules:`` for the local rate limits; a narrower level's rules replace the wider ones."""
+    """``rules:`` for the local rate limits; a narrower level's rules replace the wider ones.
+
+    Adds the rate_limits entries their descriptors read to ``used``.
+    """
     groups: list[LocalRules] = []
     has_filter = any(loc.scope.level == "listener" for loc in parsed.locals)
     for loc in parsed.locals:
@@ -186,6 +192,7 @@ def local_rules(
             and (loc.scope.level == "listener" or rl.scope.match.key() == loc.scope.match.key())
         ]
         group = translate_local(loc, usable, claims, taken, report)
+        used |= group.used
         if not has_filter and loc.scope.level != "listener":
             report.add(
                 loc.scope.source,

@@ -66,7 +66,7 @@ def bucket_rate(bucket: dict[str, Any], where: str, add: Add) -> str | None:
     add(
         "approximated",
         where,
-        f"token bucket of {bucket['max_tokens']} tokens, {per_fill} more every {given} -> sliding window"
+        f"token bucket of {bucket['max_tokens']} (+{per_fill} every {given}) -> sliding window"
         f" {rate}: the same burst and sustained rate, but capacity comes back as the window slides"
         " instead of in refills",
     )

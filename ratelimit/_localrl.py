@@ -30,6 +30,7 @@ class LocalRules:
     match: Match
     rules: list[dict[str, Any]] = field(default_factory=list)
     has_default: bool = False
+    used: set[str] = field(default_factory=set)  # the rate_limits entries its descriptors read
 
 
 class _Translator:
@@ -176,6 +177,7 @@ def translate_local(
                 name = safe_name(f"{base}-{'-'.join(v or k for k, v in entries)}", taken)
                 out.rules.append(_rule(name, made[0], made[1], rate, shadow, replaces))
                 report.translated(scope.source, here, f"descriptor (with {entry_where}) -> rule {name}")
+                out.used.add(entry_where)
         if not found:
             t.add("untranslated", here, f"no translatable rate_limits entry produces {entries}; left out")
     percentages(cfg, where, t.add, translated=bool(out.rules))

@@ -92,11 +92,12 @@ def migrate(paths: Sequence[str | Path]) -> Migration:
     config: dict[str, Any] = {"version": 1, "backend": backend(parsed.filters, report)}
     if claims:
         config["identity"] = {"claim_headers": claims}
-    taken: set[str] = set()
-    rules = local_rules(parsed, {h: c for c, h in claims.items()}, taken, report)
+    taken: set[str] = set()  # rule names
+    used: set[str] = set()  # rate_limits entries that local descriptors read
+    rules = local_rules(parsed, {h: c for c, h in claims.items()}, taken, used, report)
     if rules:
         config["rules"] = rules
-    entries = envoy_entries(parsed, services, taken, report)
+    entries = envoy_entries(parsed, services, taken, used, report)
     if entries:
         config["envoy"] = entries
     if not rules and not entries:

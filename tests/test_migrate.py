@@ -553,3 +553,89 @@ def test_findings_follow_source_order() -> None:
     kinds = [f.kind for f in result.findings]
     assert kinds.index("Namespace") < kinds.index("RequestAuthentication") < kinds.index("EnvoyFilter")
     assert os.path.basename(result.findings[0].file) == "all.yaml"
+
+
+GLOBAL_FILTER = """
+    apiVersion: networking.istio.io/v1alpha3
+    kind: EnvoyFilter
+    metadata: {name: api-global, namespace: api}
+    spec:
+      workloadSelector: {labels: {app: api}}
+      configPatches:
+        - applyTo: HTTP_FILTER
+          match: {context: SIDECAR_INBOUND}
+          patch:
+            operation: INSERT_BEFORE
+            value:
+              name: envoy.filters.http.ratelimit
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+                domain: api
+                timeout: 0.05s
+        - applyTo: VIRTUAL_HOST
+          match: {context: SIDECAR_INBOUND, routeConfiguration: {vhost: {name: "inbound|http|8080"}}}
+          patch:
+            operation: MERGE
+            value:
+              rate_limits: [{actions: [{generic_key: {descriptor_value: everything}}]}]
+        - applyTo: HTTP_ROUTE
+          match:
+            context: SIDECAR_INBOUND
+            routeConfiguration: {vhost: {name: "inbound|http|8080", route: {name: uploads}}}
+          patch:
+            operation: MERGE
+            value:
+              route:
+                rate_limits: [{actions: [{generic_key: {descriptor_value: uploads}}]}]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: api, namespace: api}
+    spec:
+      hosts: [api]
+      http:
+        - name: uploads
+          match: [{uri: {prefix: /uploads/}, method: {exact: PUT}}]
+          route: [{destination: {host: api}}]
+    ---
+    domain: api
+    descriptors:
+      - {key: generic_key, value: everything, rate_limit: {unit: minute, requests_per_unit: 6}}
+      - {key: generic_key, value: uploads, rate_limit: {unit: minute, requests_per_unit: 2}}
+"""
+
+
+def test_virtual_host_and_route_entries(tmp_path: Path) -> None:
+    """A route's rate_limits get their own entry (matched by the VirtualService); both are reported."""
+    result = migrate([write_case(tmp_path, GLOBAL_FILTER)])
+    entries = result.config["envoy"]
+    assert [e["name"] for e in entries] == ["envoy-api", "envoy-api-2"]
+    assert entries[1]["match"] == {"paths": ["/uploads/**"], "methods": ["PUT"]}
+    approximated = messages(result, "approximated")
+    assert "feeds 2 entries" in approximated and "skipped a virtual host's rate_limits" in approximated
+    out = tmp_path / "limits.yaml"
+    out.write_text(result.text)
+    d = Driver(out, None)
+    try:
+        assert d.allowed(3, path="/uploads/a", method="PUT") == 2
+        assert d.allowed(6, path="/items") == 4  # the 2 uploads counted against "everything" too
+    finally:
+        d.close()
+
+
+def test_rate_limits_nobody_reads_are_reported(tmp_path: Path) -> None:
+    """Without a global filter, rate_limits no local descriptor reads are untranslated, by field."""
+    text = (
+        LOCAL_FILTER.format(extra="")
+        + """
+        - applyTo: VIRTUAL_HOST
+          match: {context: SIDECAR_INBOUND}
+          patch:
+            operation: MERGE
+            value:
+              rate_limits: [{actions: [{remote_address: {}}]}]
+    """
+    )
+    result = migrate([write_case(tmp_path, text)])
+    assert "rate_limits[0]: no rate limit filter (stage 0)" in messages(result, "untranslated")
+    assert "no rate limit filter" not in messages(migrated("local-per-route"))
