@@ -244,8 +244,11 @@ class jwt_claim(_Named):
     def _from_header(self, request: RequestInfo) -> str | None:
         if self.trusted_header is None:
             return None
-        value = (request.headers.get(self.trusted_header) or "").strip()
-        return value or None
+        values = request.headers.get_all(self.trusted_header)
+        if len(values) != 1:
+            # The proxy replaces the header; two values mean a client's reached the app beside it.
+            return None
+        return values[0].strip() or None
 
     def _token(self, request: RequestInfo) -> str | None:
         from ._jwt import bearer_token

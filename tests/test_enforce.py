@@ -119,6 +119,14 @@ def test_claim_header_is_trusted_only_when_configured() -> None:
         jwt_claim("sub")  # no source configured at all
 
 
+def test_claim_header_with_two_values_counts_as_missing() -> None:
+    """Two x-user-id values mean a client's header sits beside the proxy's: neither is trusted."""
+    from ratelimit.request import Headers, RequestInfo
+
+    both = RequestInfo("http", "GET", "/", Headers([("x-user-id", "victim"), ("x-user-id", "me")]))
+    assert resolve(jwt_claim("sub", trusted_header="x-user-id"), both) is None
+
+
 def test_bad_key_function_results() -> None:
     """Key functions may return str, bytes, int or None; anything else is a clear TypeError."""
     assert resolve(lambda r: b"a", req()) == "a"
