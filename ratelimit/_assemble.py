@@ -24,21 +24,23 @@ _LEVELS = {"listener": 0, "vhost": 1, "route": 2}
 
 def backend(filters: list[GlobalFilter], report: Report) -> dict[str, Any]:
     """``backend:`` from the rate limit filters' failure mode and timeout."""
-    out: dict[str, Any] = {"storage": "${REDIS_URL}", "failure_mode": "open"}
+    out: dict[str, Any] = {"storage": "${REDIS_URL}"}
     if not filters:
+        out["failure_mode"] = "open"
         return out
     first = filters[0]
-    out["failure_mode"] = first.failure_mode
-    if first.timeout is not None:
+    if first.timeout is not None and 0.001 <= first.timeout <= 60:
         out["timeout"] = f"{round(first.timeout * 1000)}ms"
     else:
+        given = "no timeout" if first.timeout is None else f"timeout {first.timeout:g}s is out of range"
         report.add(
             first.scope.source,
             "note",
             first.scope.where,
-            "no timeout: Envoy waited 20 ms for the"
-            " ratelimit service; the app's backend.timeout default is 50 ms",
+            f"{given}: Envoy's default was 20 ms per ratelimit service call; the app's backend.timeout"
+            " default is 50 ms per decision",
         )
+    out["failure_mode"] = first.failure_mode
     for f in filters[1:]:
         if (f.failure_mode, f.timeout) != (first.failure_mode, first.timeout):
             report.add(
@@ -48,7 +50,7 @@ def backend(filters: list[GlobalFilter], report: Report) -> dict[str, Any]:
                 f"failure_mode {f.failure_mode}/timeout"
                 f" {f.timeout} differ from the first filter's; the app has one backend: kept the first",
             )
-    mode = "failure_mode_deny: true -> closed" if out["failure_mode"] == "closed" else "fail open -> open"
+    mode = "failure_mode_deny: true -> closed" if first.failure_mode == "closed" else "fail open -> open"
     report.translated(first.scope.source, first.scope.where, f"rate limit filter ({mode}) -> backend")
     return out
 

@@ -136,6 +136,14 @@ def _route_patch(
             return
         for problem in found[1] + scope.match.and_(found[0]):
             report.add(m, "approximated", f"{where}.match", f"route {route.get('name', '')!r}: {problem}")
+        if scope.match.invalid():
+            report.add(
+                m,
+                "untranslated",
+                f"{where}.match",
+                f"route {route.get('name', '')!r}: {scope.match.invalid()}; the patch was left out",
+            )
+            return
     if route.get("action") not in (None, "ANY"):
         report.add(m, "note", f"{where}.match", f"route action {route['action']} not translated (any route)")
     entries = as_list(value.get("rate_limits")) or as_list(as_dict(value.get("route")).get("rate_limits"))

@@ -47,6 +47,8 @@ def read_http_filter(
         report.add(m, "untranslated", here, "rate limit filter without a domain")
         return
     timeout = duration(config["timeout"]) if "timeout" in config else None
+    if "timeout" in config and timeout is None:
+        report.add(m, "untranslated", f"{here}.timeout", f"{config['timeout']!r} is not a duration")
     deny = bool(config.get("failure_mode_deny", False))
     parsed.filters.append(
         GlobalFilter(

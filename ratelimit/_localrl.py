@@ -15,7 +15,7 @@ from ._bucket import bucket_rate, other_fields, percentages
 from ._found import LocalConfig, RateLimits
 from ._manifest import Report, Severity, as_dict, as_list, duration, safe_name
 from ._match import Match, header_condition
-from ._rate_limits import action_key
+from ._rate_limits import action_key, clean_entry
 
 __all__ = ["LocalRules", "translate_local"]
 
@@ -131,6 +131,9 @@ class _Translator:
                 problems = match.and_(needs)
             for problem in problems:
                 self.add("approximated", where, problem)
+        if match.invalid():
+            self.add("untranslated", where, f"{match.invalid()}; this descriptor was left out")
+            return None
         return match, keys[0] if len(keys) == 1 else (keys or "global")
 
 
@@ -154,9 +157,9 @@ def translate_local(
             t.add("note", f"{where}.token_bucket", _PER_POD)
     sources = [(rl.scope.match, f, e) for rl in limits for f, _, e in rl.entries]
     if isinstance(cfg.get("rate_limits"), list):  # the filter's own (Envoy 1.33+) win over the route's
-        sources = [
-            (Match(), f"{where}.rate_limits[{i}]", as_dict(e)) for i, e in enumerate(cfg["rate_limits"])
-        ]
+        own = [(f"{where}.rate_limits[{i}]", as_dict(e)) for i, e in enumerate(cfg["rate_limits"])]
+        cleaned = [(f, clean_entry(e, f, scope.source, report)) for f, e in own]
+        sources = [(Match(), f, e) for f, e in cleaned if e is not None]
     only_descriptors = cfg.get("always_consume_default_token_bucket") is False and out.has_default
     replaces = [out.rules[0]["name"]] if only_descriptors else []
     for i, desc in enumerate(as_list(cfg.get("descriptors"))):

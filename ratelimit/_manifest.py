@@ -20,10 +20,12 @@ __all__ = [
     "as_dict",
     "as_list",
     "duration",
+    "is_header",
     "load_manifests",
     "percent",
     "safe_name",
     "unwrap",
+    "valid_regex",
 ]
 
 Severity = Literal["untranslated", "approximated", "note"]
@@ -148,6 +150,23 @@ def as_dict(value: Any) -> dict[str, Any]:
 def as_list(value: Any) -> list[Any]:
     """``value`` if it is a list, else an empty one."""
     return value if isinstance(value, list) else []
+
+
+_HEADER = re.compile(r":?[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def is_header(name: object) -> bool:
+    """Is ``name`` a header name (or pseudo-header) the config accepts?"""
+    return isinstance(name, str) and _HEADER.fullmatch(name) is not None
+
+
+def valid_regex(pattern: object) -> bool:
+    """Does Python's ``re`` (what the app matches with) accept ``pattern``?"""
+    try:
+        re.compile(pattern)  # type: ignore[call-overload]
+    except (re.error, TypeError):
+        return False
+    return isinstance(pattern, str)
 
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*(ms|s|m|h)?\s*$")

@@ -10,10 +10,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._manifest import as_dict
+from ._manifest import as_dict, is_header, valid_regex
 
 __all__ = ["Match", "any_of", "header_condition", "path_pattern", "string_condition"]
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 _PLAIN = re.compile(r"/[A-Za-z0-9._~%!$&'()+,;=:@/-]*")  # nothing our path patterns treat specially
 
 
@@ -58,6 +59,22 @@ class Match:
                 out[name] = getattr(self, name)
         return out
 
+    def invalid(self) -> str | None:
+        """Why the config loader would refuse this match (say, a regex Python's re rejects), or None."""
+        for p in self.paths or ():
+            if p.startswith("re:") and not valid_regex(p[3:]):
+                return f"the path regex {p[3:]!r} is not one Python's re accepts"
+        for name, cond in self.headers.items():
+            if isinstance(cond, dict) and "regex" in cond and not valid_regex(cond["regex"]):
+                return f"header {name}: the regex {cond['regex']!r} is not one Python's re accepts"
+        for method in self.methods:
+            if method not in _METHODS:
+                return f"{method!r} is not an HTTP method"
+        for host in self.hosts:
+            if not host.strip() or any(c.isspace() or c in "/?#" for c in host):
+                return f"{host!r} is not a host name"
+        return None
+
     def key(self) -> str:
         """A stable identity, to group entries that select the same requests."""
         return repr(self.config())
@@ -68,6 +85,8 @@ class Match:
         Returns a problem when it conflicts with a condition already there.
         """
         name = name.lower()
+        if not is_header(name):
+            return f"{name!r} is not a header name; condition left out"
         kind, value = _simple(cond)
         if name == ":method" and kind == "exact":
             if self.methods and value.upper() not in self.methods:
@@ -98,6 +117,8 @@ class Match:
         if other.methods:
             common = [m for m in self.methods if m in other.methods] if self.methods else other.methods
             self.methods = common or other.methods
+        if self.hosts and other.hosts and set(self.hosts) != set(other.hosts):
+            problems.append(f"hosts {other.hosts} and {self.hosts} both apply; kept {self.hosts}")
         self.hosts = self.hosts or list(other.hosts)
         for name, cond in other.headers.items():
             problem = self.add_header(name, cond)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._manifest import Manifest, Report, as_dict, as_list
+from ._rate import MAX_LIMIT
 
 __all__ = ["ServiceConfig", "read_service_configs"]
 
@@ -137,6 +138,14 @@ def _rate_limit(limit: dict[str, Any], where: str, m: Manifest, report: Report) 
             f"{count!r} is not a count; this limit was left out",
         )
         return None
+    if count > MAX_LIMIT:
+        report.add(
+            m,
+            "approximated",
+            f"{where}.requests_per_unit",
+            f"{count} is above the {MAX_LIMIT} the app counts to; written as {MAX_LIMIT}",
+        )
+        out["requests_per_unit"] = MAX_LIMIT
     return out
 
 

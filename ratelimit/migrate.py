@@ -30,7 +30,7 @@ from typing import Any
 from ._assemble import backend, envoy_entries, local_rules
 from ._envoyfilter import collect_routes, read_envoyfilter
 from ._found import Parsed
-from ._manifest import Finding, Manifest, MigrationError, Report, as_dict, as_list, load_manifests
+from ._manifest import Finding, Manifest, MigrationError, Report, as_dict, as_list, is_header, load_manifests
 from ._routes import RouteTable
 from ._servicecfg import ServiceConfig, read_service_configs
 
@@ -120,8 +120,10 @@ def _request_authentication(m: Manifest, claims: dict[str, str], report: Report)
         for j, out in enumerate(as_list(rule.get("outputClaimToHeaders"))):
             header, claim = str(as_dict(out).get("header", "")).lower(), str(as_dict(out).get("claim", ""))
             here = f"{where}.outputClaimToHeaders[{j}]"
-            if not header or not claim:
-                report.add(m, "untranslated", here, "needs both header and claim")
+            if not is_header(header) or header.startswith(":") or not is_header(claim):
+                report.add(
+                    m, "untranslated", here, f"claim {claim!r} -> header {header!r}: not names the app reads"
+                )
             elif claims.get(claim, header) != header or header in {
                 h for c, h in claims.items() if c != claim
             }:

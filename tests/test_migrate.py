@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from config_helpers import Driver, request
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ratelimit.config import load_config
@@ -639,3 +639,44 @@ def test_rate_limits_nobody_reads_are_reported(tmp_path: Path) -> None:
     result = migrate([write_case(tmp_path, text)])
     assert "rate_limits[0]: no rate limit filter (stage 0)" in messages(result, "untranslated")
     assert "no rate limit filter" not in messages(migrated("local-per-route"))
+
+
+ALL_FILES = sorted(CORPUS.glob("*/*.yaml"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(ALL_FILES), min_size=1, max_size=6, unique=True))
+def test_any_mix_of_corpus_files_loads(files: list[Path]) -> None:
+    """Whatever manifests are passed together (pieces missing, several teams'), the output loads."""
+    from ratelimit.config import parse_config
+
+    assert parse_config(migrate(files).text).ruleset is not None
+
+
+def test_regexes_python_cannot_compile_are_left_out(tmp_path: Path) -> None:
+    """An RE2 pattern Python's re refuses makes its route untranslated rather than the file invalid."""
+    text = (
+        LOCAL_FILTER.format(extra="")
+        + """
+        - applyTo: HTTP_ROUTE
+          match: {routeConfiguration: {vhost: {route: {name: odd}}}}
+          patch:
+            operation: MERGE
+            value:
+              typed_per_filter_config:
+                envoy.filters.http.local_ratelimit:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                  token_bucket: {max_tokens: 1, fill_interval: 1s}
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: odd, namespace: api}
+    spec:
+      http: [{name: odd, match: [{uri: {regex: "/(?P<x"}}]}]
+    """
+    )
+    result = migrate([write_case(tmp_path, text)])
+    assert "route 'odd': the path regex" in messages(result, "untranslated")
+    out = tmp_path / "limits.yaml"
+    out.write_text(result.text)
+    assert [r.name for r in load_config(out).ruleset.rules] == ["api-local"]
