@@ -14,7 +14,6 @@ counts against none of its other descriptors.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +22,17 @@ from ._rate import Rate
 from ._reader import Field
 from .matchers import header_value
 from .request import RequestInfo
-from .rules import Rule
+from .rules import _NAME, Rule
 from .ruleset import Charge
 
-__all__ = ["UNITS", "DescriptorRule", "DescriptorTree", "read_service_config"]
+__all__ = [
+    "DESCRIPTOR_KEYS",
+    "LIMIT_KEYS",
+    "UNITS",
+    "DescriptorRule",
+    "DescriptorTree",
+    "read_service_config",
+]
 
 UNITS = {
     "second": 1,
@@ -37,7 +43,7 @@ UNITS = {
     "month": 2592000,
     "year": 31536000,
 }
-_DESCRIPTOR_KEYS = (
+DESCRIPTOR_KEYS = (
     "key",
     "value",
     "rate_limit",
@@ -46,8 +52,7 @@ _DESCRIPTOR_KEYS = (
     "detailed_metric",
     "value_to_metric",
 )
-_LIMIT_KEYS = ("requests_per_unit", "unit", "unit_multiplier", "unlimited", "name", "replaces")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LIMIT_KEYS = ("requests_per_unit", "unit", "unit_multiplier", "unlimited", "name", "replaces")
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ def _read_level(f: Field, where: str, path: tuple[Any, ...], paths: list[Any], s
     level = _Level()
     ok = True
     for item in f.items() or []:
-        keys = item.mapping(_DESCRIPTOR_KEYS, required=("key",))
+        keys = item.mapping(DESCRIPTOR_KEYS, required=("key",))
         if keys is None or "key" not in keys:
             ok = False
             continue
@@ -166,7 +171,7 @@ def _read_level(f: Field, where: str, path: tuple[Any, ...], paths: list[Any], s
 
 
 def _read_limit(f: Field, label: str, shadow: bool) -> _Limit | None:
-    keys = f.mapping(_LIMIT_KEYS)
+    keys = f.mapping(LIMIT_KEYS)
     if keys is None:
         return None
     name = keys["name"].string(_NAME, "a name (letters, digits, . _ -)") if "name" in keys else None
@@ -190,7 +195,11 @@ def _read_limit(f: Field, label: str, shadow: bool) -> _Limit | None:
     multiplier = keys["unit_multiplier"].integer(1) if "unit_multiplier" in keys else 1
     if count is None or unit is None or multiplier is None:
         return None
-    rate = Rate(count, float(UNITS[unit.lower()] * multiplier))
+    try:
+        rate = Rate(count, float(UNITS[unit.lower()] * multiplier))
+    except ValueError as exc:
+        f.fail("a limit this library can count", str(exc))
+        return None
     return _Limit((rate,), policy, name, frozenset(replaces), shadow)
 
 
@@ -229,6 +238,7 @@ class DescriptorRule:
         self.shadow = shadow
         self.route = route or Rule.of(name, "unlimited")
         self.conditional = self.route.conditional
+        self._prefix = f"envoy:{tree.domain}/"  # ":" is not allowed in rule names: no clash
         self.conventional = descriptors is None
         if descriptors is None:
             descriptors = [[_convention(k, v) for k, v in path] for path in tree.key_paths]
@@ -273,7 +283,8 @@ class DescriptorRule:
             limit = self.tree.lookup(entries)
             if limit is None:
                 continue
-            counted = self.name + "/" + "/".join(f"{k}={v}" for k, v in entries)
+            # Keyed by domain, as the service keys them: entries of one domain share counters.
+            counted = self._prefix + "/".join(f"{k}={v}" for k, v in entries)
             if counted in seen:
                 continue
             seen.add(counted)

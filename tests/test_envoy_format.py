@@ -184,3 +184,22 @@ def test_headers_name_the_descriptor_or_its_limit_name(drive: Any) -> None:
     out = d.enforcer.check(__import__("config_helpers").request(user="ann"))
     policy = dict(out.headers)["RateLimit-Policy"]
     assert '"per-user";q=5;w=60' in policy and '"api.remote_address";q=50;w=3600' in policy
+
+
+def test_entries_of_one_domain_share_its_counters(drive: Any) -> None:
+    """Two envoy entries of one domain (one per route) share its counters, as the service does."""
+    d = drive("""
+        envoy:
+          - name: api-reads
+            domain: shop
+            match: {methods: [GET]}
+            descriptors: [{key: user, rate_limit: {unit: minute, requests_per_unit: 3}}]
+            rate_limits: [{actions: [{request_headers: {header_name: x-user, descriptor_key: user}}]}]
+          - name: api-writes
+            domain: shop
+            match: {methods: [POST]}
+            descriptors: [{key: user, rate_limit: {unit: minute, requests_per_unit: 3}}]
+            rate_limits: [{actions: [{request_headers: {header_name: x-user, descriptor_key: user}}]}]
+    """)
+    assert d.allowed(2, method="GET", x_user="ann") == 2
+    assert d.allowed(3, method="POST", x_user="ann") == 1

@@ -279,7 +279,7 @@ def test_global_per_path_on_real_redis(drive: Any, redis_url: str) -> None:
 )
 def test_token_bucket_rate(bucket: tuple[int, int, float], rate: str) -> None:
     """The burst is the limit; the window makes the sustained rate equal the refill rate."""
-    from ratelimit._bucket import token_bucket_rate
+    from ratelimit.migrate._bucket import token_bucket_rate
 
     assert token_bucket_rate(*bucket) == rate
 
@@ -294,7 +294,7 @@ def test_token_bucket_rate_keeps_burst_and_sustained_rate(
 ) -> None:
     """For any valid bucket: limit == max_tokens, limit/window == refill rate (to the millisecond)."""
     from ratelimit import Rate
-    from ratelimit._bucket import token_bucket_rate
+    from ratelimit.migrate._bucket import token_bucket_rate
 
     try:
         rate = Rate.parse(token_bucket_rate(max_tokens, tokens_per_fill, fill_ms / 1000))
@@ -309,7 +309,7 @@ def test_token_bucket_rate_keeps_burst_and_sustained_rate(
 @pytest.mark.parametrize(("bucket"), [(0, 1, 1.0), (1, 0, 1.0), (1, 1, 0.0), (True, 1, 1.0), (1, 1, -1.0)])
 def test_token_bucket_rate_refuses_invalid_buckets(bucket: tuple[Any, Any, float]) -> None:
     """Zero tokens, zero refills or no interval are not buckets."""
-    from ratelimit._bucket import token_bucket_rate
+    from ratelimit.migrate._bucket import token_bucket_rate
 
     with pytest.raises(ValueError):
         token_bucket_rate(*bucket)
@@ -327,7 +327,7 @@ def test_token_bucket_rate_refuses_invalid_buckets(bucket: tuple[Any, Any, float
 )
 def test_fractional_percent(spec: Any, expected: float) -> None:
     """Envoy's RuntimeFractionalPercent, with absent meaning 0%."""
-    from ratelimit._manifest import percent
+    from ratelimit.migrate._manifest import percent
 
     assert percent(spec)[0] == expected
 
@@ -338,7 +338,7 @@ def test_fractional_percent(spec: Any, expected: float) -> None:
 )
 def test_durations(text: Any, seconds: float) -> None:
     """Protobuf Duration spellings found in EnvoyFilters."""
-    from ratelimit._manifest import duration
+    from ratelimit.migrate._manifest import duration
 
     assert duration(text) == seconds
 

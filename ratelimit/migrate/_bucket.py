@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .._rate import Rate, RateParseError
 from ._manifest import Severity, as_dict, duration, percent
-from ._rate import Rate, RateParseError
 
 __all__ = ["Add", "bucket_rate", "other_fields", "percentages", "token_bucket_rate"]
 

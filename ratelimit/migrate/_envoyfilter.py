@@ -1,7 +1,7 @@
 """Read Istio EnvoyFilters: which patch applies where, and what rate limiting it carries.
 
 Nothing is translated here beyond the actions; :mod:`ratelimit._assemble` pairs what is
-found with the service configs and :mod:`ratelimit._localrl` turns local limits into rules.
+found with the service configs and :mod:`ratelimit.migrate._localrl` turns local limits into rules.
 """
 
 from __future__ import annotations

@@ -10,23 +10,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .._rate import MAX_LIMIT
+from ..envoy import DESCRIPTOR_KEYS, LIMIT_KEYS
+from ..envoy import UNITS as _UNIT_SECONDS
+from ..rules import _NAME
 from ._manifest import Manifest, Report, as_dict, as_list
-from ._rate import MAX_LIMIT
 
 __all__ = ["ServiceConfig", "read_service_configs"]
 
-UNITS = ("second", "minute", "hour", "day", "week", "month", "year")
-_DESCRIPTOR = (
-    "key",
-    "value",
-    "rate_limit",
-    "descriptors",
-    "shadow_mode",
-    "detailed_metric",
-    "value_to_metric",
-)
-_RATE_LIMIT = ("unit", "requests_per_unit", "unit_multiplier", "unlimited", "name", "replaces")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# The service's own field names and units, as the engine reads them.
+UNITS = tuple(_UNIT_SECONDS)
+_DESCRIPTOR = DESCRIPTOR_KEYS
+_RATE_LIMIT = LIMIT_KEYS
 
 
 @dataclass
