@@ -212,6 +212,11 @@ CASES = [
         "rate_limit.unit: expected one of: second, minute",
     ),
     (
+        "envoy huge count",
+        "domain: d\ndescriptors: [{key: k, rate_limit: {unit: second, requests_per_unit: 10000000000000}}]\n",
+        "rate_limit: expected a limit this library can count",
+    ),
+    (
         "envoy rpu",
         "envoy: [{domain: d, descriptors: [{key: k, rate_limit: {unit: second}}]}]\n",
         "needs requests_per_unit and unit",

@@ -105,15 +105,6 @@ def envoy_entries(
             mine = [(len(out), {"name": safe_name(f"envoy-{domain}", taken), "domain": domain})]
             mine[0][1]["descriptors"] = svc.descriptors
             out.append(mine[0][1])
-        elif len(mine) > 1:
-            report.add(
-                svc.source,
-                "approximated",
-                svc.where,
-                f"domain {domain!r} feeds {len(mine)} entries"
-                " (one per route match); each counts apart, where the service shared a counter"
-                " between routes that sent the same descriptor",
-            )
         produced = {
             action_key(as_dict(e["actions"][0])) for _, item in mine for e in item.get("rate_limits", [])
         }
