@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,16 +103,23 @@ class ConfigSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.interval = interval
+        self._fork_hook = False
         self.on_reload: Callable[[Config], None] | None = None
 
     def start(self, limiter: Any) -> None:
-        """Watch the file from a daemon thread."""
+        """Watch the file from a daemon thread (restarted in forked workers, e.g. gunicorn --preload)."""
         if self.interval is None or self._thread is not None:
             return
         self._thread = threading.Thread(
             target=self._watch, args=(limiter,), name="ratelimit-config", daemon=True
         )
         self._thread.start()
+        if not self._fork_hook:
+            self._fork_hook = True
+            # A forked child has no threads but the one that forked: watch again there.
+            # Weak references: a hook cannot be unregistered, and must not keep a closed limiter alive.
+            source, target = weakref.ref(self), weakref.ref(limiter)
+            os.register_at_fork(after_in_child=lambda: _after_fork(source(), target()))
 
     def stop(self) -> None:
         """Stop watching (idempotent)."""
@@ -163,6 +171,15 @@ class ConfigSource:
         if self.on_reload is not None:
             self.on_reload(config)
         return True
+
+
+def _after_fork(source: ConfigSource | None, limiter: Any) -> None:
+    if source is None or limiter is None:
+        return
+    source._lock = threading.Lock()
+    source._thread = None
+    if not source._stop.is_set():
+        source.start(limiter)
 
 
 def limiter_from_config(

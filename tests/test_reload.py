@@ -158,3 +158,33 @@ def test_close_stops_the_watcher(tmp_path: Path) -> None:
     assert any(t.name == "ratelimit-config" for t in threading.enumerate())
     limiter.close()
     assert not any(t.name == "ratelimit-config" for t in threading.enumerate())
+
+
+def test_forked_worker_watches_again(tmp_path: Path) -> None:
+    """A worker forked after from_config (gunicorn --preload) gets its own watcher and sees changes."""
+    import warnings
+
+    path = tmp_path / "limits.yaml"
+    path.write_text(RULES.format(rate="1/minute"))
+    limiter = Limiter.from_config(path, reload=0.02)
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() in a multi-threaded process
+        pid = os.fork()
+    if pid == 0:  # the worker: wait for the parent's edit to arrive through its own watcher
+        os.close(read)
+        ok = any(t.name == "ratelimit-config" for t in threading.enumerate())
+        deadline = time.monotonic() + 5
+        while ok and limiter.ruleset.rules[0].rates[0].limit != 9 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.write(write, b"1" if ok and limiter.ruleset.rules[0].rates[0].limit == 9 else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        path.write_text(RULES.format(rate="9/minute"))
+        answer = os.read(read, 1)
+        os.waitpid(pid, 0)
+        assert answer == b"1"
+    finally:
+        os.close(read)
+        limiter.close()
