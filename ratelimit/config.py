@@ -149,6 +149,7 @@ class ConfigSource:
                 key = str(exc)
                 if key != self._rejected:
                     self._rejected = key
+                    _count(limiter, "rejected")
                     log.error(
                         "ratelimit: rejected the new %s, the previous rules stay in force:\n%s",
                         self.path,
@@ -167,10 +168,17 @@ class ConfigSource:
             self.current = config
             self._seen = _fingerprint(config.files)
             limiter.ruleset = config.ruleset
+            _count(limiter, "applied")
             log.info("ratelimit: loaded %d rules from %s", len(config.ruleset.rules), self.path)
         if self.on_reload is not None:
             self.on_reload(config)
         return True
+
+
+def _count(limiter: Any, result: str) -> None:
+    metrics = getattr(limiter, "metrics", None)
+    if metrics is not None:
+        metrics.config_reload(result)
 
 
 def _after_fork(source: ConfigSource | None, limiter: Any) -> None:

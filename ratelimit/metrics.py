@@ -32,9 +32,10 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Histogram
     from prometheus_client.registry import Collector
 
-__all__ = ["DECISION_RESULTS", "ERROR_KINDS", "OTHER", "Metrics", "NullMetrics"]
+__all__ = ["DECISION_RESULTS", "ERROR_KINDS", "OTHER", "RELOAD_RESULTS", "Metrics", "NullMetrics"]
 
 DECISION_RESULTS: frozenset[str] = frozenset({"allowed", "denied", "shadow", "fallback", "unauthenticated"})
+RELOAD_RESULTS: frozenset[str] = frozenset({"applied", "rejected"})
 """Values of the ``result`` label; anything else is reported as ``OTHER``."""
 ERROR_KINDS: frozenset[str] = frozenset({"timeout", "connection", "other"})
 """Values of the ``kind`` label; anything else is reported as ``OTHER``."""
@@ -122,9 +123,16 @@ class _Collectors:
             namespace=namespace,
             registry=None,
         )
+        self.reloads = Counter(
+            "config_reloads",
+            "Config file changes: applied, or rejected as invalid (the old rules stay).",
+            ["result"],
+            namespace=namespace,
+            registry=None,
+        )
         registered: list[Collector] = []
         try:
-            for collector in (self.decisions, self.latency, self.errors, self.deny_cache_hits):
+            for collector in (self.decisions, self.latency, self.errors, self.deny_cache_hits, self.reloads):
                 registry.register(collector)
                 registered.append(collector)
         except ValueError:
@@ -268,6 +276,11 @@ class Metrics:
             child = _remember(self._deny_cache, rule, c.deny_cache_hits.labels(c.rules(rule)))
         child.inc()
 
+    def config_reload(self, result: str) -> None:
+        """Count a config file change that was ``"applied"`` or ``"rejected"``."""
+        c = self._collectors
+        c.reloads.labels(c.known("result", result, RELOAD_RESULTS)).inc()
+
 
 class NullMetrics:
     """Records nothing; the default when metrics are off. Same methods as ``Metrics``."""
@@ -284,4 +297,7 @@ class NullMetrics:
         """Do nothing."""
 
     def deny_cache_hit(self, rule: str) -> None:
+        """Do nothing."""
+
+    def config_reload(self, result: str) -> None:
         """Do nothing."""

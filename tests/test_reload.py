@@ -188,3 +188,24 @@ def test_forked_worker_watches_again(tmp_path: Path) -> None:
     finally:
         os.close(read)
         limiter.close()
+
+
+def test_reloads_are_counted_in_metrics(tmp_path: Path) -> None:
+    """ratelimit_config_reloads_total counts applied and rejected changes (a bad file once)."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from ratelimit.metrics import Metrics
+
+    registry = prometheus_client.CollectorRegistry()
+    path = tmp_path / "limits.yaml"
+    path.write_text(RULES.format(rate="1/minute"))
+    with Limiter.from_config(path, reload=False, metrics=Metrics(registry=registry)) as limiter:
+        path.write_text(RULES.format(rate="2/minute"))
+        assert limiter.reload_config()
+        path.write_text("rules: [{name: api}]\n")
+        assert not limiter.reload_config()
+        assert not limiter.reload_config()
+
+    def count(result: str) -> float | None:
+        return registry.get_sample_value("ratelimit_config_reloads_total", {"result": result})
+
+    assert (count("applied"), count("rejected")) == (1.0, 1.0)
