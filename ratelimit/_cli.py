@@ -14,6 +14,7 @@ __all__ = ["main", "rate_limit_headers", "tightest"]
 _EPILOG = """examples:
   ratelimit demo                                   see limits at work (no Redis needed)
   ratelimit check limits.yaml                      validate a config, print its rules
+  ratelimit check -e REDIS_URL=redis://r:6379/0 limits.yaml   ... filling ${REDIS_URL}
   ratelimit migrate envoyfilter.yaml ratelimit-configmap.yaml -o limits.yaml
   ratelimit inspect limits.yaml alice              alice's current usage, per rule
 
@@ -45,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
         " Every error is reported with its file, line and field; exit status 1 if any file is invalid.",
     )
     check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set an environment variable the file reads with ${NAME} (e.g. -e REDIS_URL=redis://r:6379/0)",
+    )
     migrate = commands.add_parser(
         "migrate",
         help="translate EnvoyFilter + ratelimit ConfigMap manifests into a config file",
@@ -78,6 +87,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "check":
         from ._cli_config import run_check
 
+        for pair in args.env:
+            name, sep, value = pair.partition("=")
+            if not sep or not name:
+                print(f"ratelimit check: error: --env takes NAME=VALUE, got {pair!r}", file=sys.stderr)
+                return 2
+            os.environ[name] = value
         return run_check(args.files)
     if args.command == "inspect":
         from ._cli_config import run_inspect

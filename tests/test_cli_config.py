@@ -107,3 +107,17 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert f"usage: ratelimit {command}" in out and len(out.splitlines()) > 4
+
+
+def test_check_env_sets_variables_the_file_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check -e NAME=VALUE fills ${NAME}; without it the unset variable is the error."""
+    monkeypatch.delenv("RL_CHECK_URL", raising=False)
+    path = write(tmp_path, "backend: {storage: '${RL_CHECK_URL}'}\nrules: [{name: a, limits: 1/s}]\n")
+    assert main(["check", str(path)]) == 1
+    assert "RL_CHECK_URL is not set" in capsys.readouterr().err
+    monkeypatch.setenv("RL_CHECK_URL", "")  # restored by monkeypatch after main() sets it
+    assert main(["check", "-e", "RL_CHECK_URL=redis://r:6379/0", str(path)]) == 0
+    assert "backend: redis://r:6379/0" in capsys.readouterr().out
+    assert main(["check", "-e", "oops", str(path)]) == 2
