@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Literal
 
+from ._charges import plan_charges, policies, split_charges
 from ._decision import Decision
-from ._rate import Rate, RateLike
-from .headers import policy_name, problem_body, rate_limit_headers
+from ._rate import RateLike
+from .headers import problem_body, rate_limit_headers
 from .keys import AsyncKeyError, client_ip, resolve, resolve_async
 from .limiter import Limiter
 from .metrics import NullMetrics
@@ -179,58 +179,10 @@ class Enforcer:
 
     # -- the shared steps (no I/O) -------------------------------------------------
 
-    def _identity(self, rule: Rule, identity: str | None, request: RequestInfo) -> str | None:
-        if identity is not None:
-            return identity
-        policy = rule.missing or self.missing_identity
-        if policy == "ip":
-            ip = self.ip_key(request)
-            return f"ip:{ip}" if ip else "anonymous"
-        if policy == "anonymous":
-            return "anonymous"
-        return None
-
-    def _charges(
-        self,
-        rules: Sequence[Any],
-        identities: Sequence[str | None],
-        tiers: Sequence[str | None],
-        request: RequestInfo,
-    ) -> list[Charge] | None:
-        """What ``request`` is charged to; None when a rule finds no identity and rejects."""
-        charges: list[Charge] = []
-        replacing = False
-        for rule, raw, tier in zip(rules, identities, tiers, strict=True):
-            if not isinstance(rule, Rule):
-                charges += rule.charges(request, self.ip_key)
-                replacing = True
-                continue
-            identity = self._identity(rule, raw, request)
-            if identity is None:
-                return None
-            try:
-                cost = rule.cost_of(request)
-            except Exception:
-                log.exception("cost function of rule %r failed; charging 1", rule.name)
-                cost = 1
-            # Rule names cannot contain "/", so the first "/" separates them unambiguously.
-            counted = f"{rule.name}/{identity}"
-            if rule.simple:
-                charges.append(Charge(rule.name, counted, rule.rates, rule.policy_names, cost, rule.shadow))
-                continue
-            rates = rule.limits_for(identity, tier)
-            names = rule.policy_names if rates is rule.rates else _names(rule.name, rates)
-            charges.append(Charge(rule.name, counted, rates, names, cost, rule.shadow, rule.replaces))
-            replacing = True
-        if replacing:
-            gone = frozenset().union(*(c.replaces for c in charges))
-            charges = [c for c in charges if c.rates and c.label not in gone]
-        return charges
-
     def _headers(self, decision: Decision, charges: Sequence[Charge], denied: bool) -> list[tuple[str, str]]:
         if not (self.headers or denied):
             return []
-        names, rates = _policies(charges)
+        names, rates = policies(charges)
         return rate_limit_headers(decision, names, rates, legacy=self.legacy_headers)
 
     def _outcome(
@@ -249,7 +201,7 @@ class Enforcer:
             if shadow is None:
                 return Outcome("skip")
             hdrs = [h for h in self._headers(shadow, shadows, False) if h[0] != "Retry-After"]
-            names = _policies(shadows)[0]
+            names = policies(shadows)[0]
             return Outcome("allow", headers=hdrs, decision=shadow, shadow=shadow, names=names)
         if self._counting:
             result = "fallback" if decision.fallback else ("allowed" if decision.allowed else "denied")
@@ -257,7 +209,7 @@ class Enforcer:
                 metrics.decision(c.label, result, adapter)
                 if decision.from_cache:
                     metrics.deny_cache_hit(c.label)
-        names = _policies(enforcing)[0]
+        names = policies(enforcing)[0]
         if decision.allowed:
             hdrs = self._headers(decision, enforcing, False)
             return Outcome("allow", headers=hdrs, decision=decision, shadow=shadow, names=names)
@@ -269,19 +221,6 @@ class Enforcer:
         for rule in rules:
             self.metrics.decision(rule.name, "unauthenticated", self.adapter)
         return Outcome("reject", 401, [("WWW-Authenticate", "Bearer")], _UNAUTHENTICATED)
-
-    @staticmethod
-    def _split(charges: list[Charge]) -> tuple[list[Any], list[Any], list[Charge], list[Charge]]:
-        items: list[Any] = []
-        shadow_items: list[Any] = []
-        enforcing: list[Charge] = []
-        shadows: list[Charge] = []
-        for c in charges:
-            target, group = (shadow_items, shadows) if c.shadow else (items, enforcing)
-            for rate in c.rates:
-                target.append((c.counted, rate, c.cost))
-            group.append(c)
-        return items, shadow_items, enforcing, shadows
 
     # -- sync and async: the same steps, with or without await ------------------------
 
@@ -298,11 +237,14 @@ class Enforcer:
         if not matched:
             return Outcome("skip")
         identities = [_identity_of(r.key, r, request) if isinstance(r, Rule) else None for r in matched]
-        tiers = [_identity_of(r.tiers.by, r, request) if _tiered(r) else None for r in matched]
-        charges = self._charges(matched, identities, tiers, request)
+        tiers = [
+            _identity_of(r.tiers.by, r, request) if r.__class__ is Rule and r.tiers is not None else None
+            for r in matched
+        ]
+        charges = plan_charges(matched, identities, tiers, request, self.ip_key, self.missing_identity)
         if charges is None:
             return self._reject(matched)
-        items, shadow_items, enforcing, shadows = self._split(charges)
+        items, shadow_items, enforcing, shadows = split_charges(charges)
         decision = self.limiter.hit_many(items) if items else None
         shadow = self.limiter.hit_many(shadow_items) if shadow_items else None
         return self._outcome(decision, enforcing, shadow, shadows)
@@ -322,11 +264,16 @@ class Enforcer:
         identities = [
             await _aidentity_of(r.key, r, request) if isinstance(r, Rule) else None for r in matched
         ]
-        tiers = [await _aidentity_of(r.tiers.by, r, request) if _tiered(r) else None for r in matched]
-        charges = self._charges(matched, identities, tiers, request)
+        tiers = [
+            await _aidentity_of(r.tiers.by, r, request)
+            if r.__class__ is Rule and r.tiers is not None
+            else None
+            for r in matched
+        ]
+        charges = plan_charges(matched, identities, tiers, request, self.ip_key, self.missing_identity)
         if charges is None:
             return self._reject(matched)
-        items, shadow_items, enforcing, shadows = self._split(charges)
+        items, shadow_items, enforcing, shadows = split_charges(charges)
         decision = await self.limiter.ahit_many(items) if items else None
         shadow = await self.limiter.ahit_many(shadow_items) if shadow_items else None
         return self._outcome(decision, enforcing, shadow, shadows)
@@ -354,22 +301,3 @@ async def _aidentity_of(key: Any, rule: Rule, request: RequestInfo) -> str | Non
     except Exception:
         log.exception("key function of rule %r failed; treating the identity as missing", rule.name)
         return None
-
-
-def _policies(charges: Sequence[Charge]) -> tuple[tuple[str, ...], tuple[Rate, ...]]:
-    """Policy names and rates of a request's charges, one per limit."""
-    if len(charges) == 1:
-        return charges[0].names, charges[0].rates
-    names: tuple[str, ...] = ()
-    rates: tuple[Rate, ...] = ()
-    for c in charges:
-        names += c.names
-        rates += c.rates
-    return names, rates
-
-
-@lru_cache(maxsize=4096)
-def _names(rule: str, rates: tuple[Rate, ...]) -> tuple[str, ...]:
-    """Policy names of a rule's per-request limits (a tier's or an override's)."""
-    several = len(rates) > 1
-    return tuple(policy_name(rule, r, several) for r in rates)
