@@ -203,3 +203,31 @@ def test_entries_of_one_domain_share_its_counters(drive: Any) -> None:
     """)
     assert d.allowed(2, method="GET", x_user="ann") == 2
     assert d.allowed(3, method="POST", x_user="ann") == 1
+
+
+def test_config_rules_on_redis_cluster(tmp_path: Path, redis_cluster: Any) -> None:
+    """Tiers and Envoy descriptors count correctly on a Redis Cluster (keys spread over slots)."""
+    d = Driver(
+        write(
+            tmp_path,
+            """
+            identity: {claim_headers: {sub: x-user-id, plan: x-plan}}
+            rules:
+              - name: api
+                key: claim:sub
+                tiers: {by: claim:plan, limits: {pro: 4/minute}, default: 2/minute}
+            envoy:
+              - domain: edge
+                descriptors: [{key: remote_address, rate_limit: {unit: minute, requests_per_unit: 30}}]
+            """,
+        ),
+        redis_cluster.url,
+    )
+    try:
+        for i in range(6):
+            assert d.allowed(
+                6, x_user_id=f"u{i}", x_plan="pro" if i % 2 else "free", client=f"10.0.0.{i}"
+            ) == (4 if i % 2 else 2)
+        assert d.allowed(40, x_user_id="solo", x_plan="pro", client="10.9.9.9") == 4
+    finally:
+        d.close()

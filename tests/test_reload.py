@@ -209,3 +209,18 @@ def test_reloads_are_counted_in_metrics(tmp_path: Path) -> None:
         return registry.get_sample_value("ratelimit_config_reloads_total", {"result": result})
 
     assert (count("applied"), count("rejected")) == (1.0, 1.0)
+
+
+def test_deleted_file_keeps_the_rules(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file that disappears (ConfigMap deleted) is a rejected change: the last rules stay in force."""
+    path = tmp_path / "limits.yaml"
+    path.write_text(RULES.format(rate="1/minute"))
+    with Limiter.from_config(path, reload=False) as limiter:
+        before = limiter.ruleset
+        path.unlink()
+        with caplog.at_level(logging.ERROR, logger="ratelimit"):
+            assert limiter.reload_config() is False
+        assert limiter.ruleset is before
+        assert any("cannot read" in r.getMessage() for r in caplog.records)
+        path.write_text(RULES.format(rate="2/minute"))
+        assert limiter.reload_config() is True
