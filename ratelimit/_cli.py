@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         "inspect",
         help="show a subject's current usage under each rule of a config",
         description="Peek (count nothing) at the counters of IDENTITY under each rule of the config file,"
-        " on the config's backend or --storage. IDENTITY is what the rule's key produces (a subject, an IP).",
+        " on the config's backend or --storage. IDENTITY is what the rule's key produces (a subject, an IP);"
+        " for an envoy domain, its request descriptor: key=value,key=value.",
     )
     inspect.add_argument("config", metavar="CONFIG")
     inspect.add_argument("identity", metavar="IDENTITY")

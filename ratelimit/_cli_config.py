@@ -93,10 +93,22 @@ def run_check(paths: list[str]) -> int:
     return 1 if failed else 0
 
 
+def _counters(rule: Any, identity: str, tier: str | None) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """(label, counter, limits) of ``identity`` under ``rule``; Envoy domains read ``k=v,k=v``."""
+    if isinstance(rule, DescriptorRule):
+        entries = [tuple(part.split("=", 1)) for part in identity.split(",") if "=" in part]
+        found = rule.counter([(k, v) for k, v in entries]) if entries else None
+        return [] if found is None else [(rule.name, found[0], found[1])]
+    return [(rule.name, f"{rule.name}/{identity}", rule.limits_for(identity, tier))]
+
+
 def run_inspect(
     path: str, identity: str, storage: str | None, rule_name: str | None, tier: str | None
 ) -> int:
-    """Print the current usage of ``identity`` under each rule of the config (peeks: counts nothing)."""
+    """Print the current usage of ``identity`` under each rule of the config (peeks: counts nothing).
+
+    For an Envoy domain, ``identity`` is its request descriptor: ``user=ann,:path=/upload``.
+    """
     from .config import ConfigError
     from .limiter import Limiter
 
@@ -111,24 +123,25 @@ def run_inspect(
     except (ValueError, ImportError) as exc:
         print(f"ratelimit inspect: error: {exc}", file=sys.stderr)
         return 1
-    rules = [r for r in limiter.ruleset.rules if isinstance(r, Rule) and (rule_name in (None, r.name))]
+    rules = [r for r in limiter.ruleset.rules if rule_name in (None, r.name)]
     if not rules:
+        limiter.close()
         print(f"ratelimit inspect: error: no rule named {rule_name!r} in {path}", file=sys.stderr)
         return 1
     print(f"usage of {identity!r} on {limiter.backend!r}:")
     try:
         for rule in rules:
-            rates = rule.limits_for(identity, tier)
-            if not rates:
-                print(f"  {rule.name}: unlimited")
-                continue
-            d = limiter.peek_many([(f"{rule.name}/{identity}", r, 0) for r in rates])
-            if d.fallback:
-                raise BackendError("the backend did not answer")
-            for s in d.limits:
-                used = s.rate.limit - s.remaining
-                wait = f", retry in {s.retry_after:.1f}s" if s.retry_after > 0 else ""
-                print(f"  {rule.name} {s.rate}: used {used}, remaining {s.remaining}{wait}")
+            for label, counted, rates in _counters(rule, identity, tier):
+                if not rates:
+                    print(f"  {label}: unlimited")
+                    continue
+                d = limiter.peek_many([(counted, r, 0) for r in rates])
+                if d.fallback:
+                    raise BackendError("the backend did not answer")
+                for s in d.limits:
+                    used = s.rate.limit - s.remaining
+                    wait = f", retry in {s.retry_after:.1f}s" if s.retry_after > 0 else ""
+                    print(f"  {label} {s.rate}: used {used}, remaining {s.remaining}{wait}")
     except BackendError as exc:
         print(f"ratelimit inspect: error: {exc}", file=sys.stderr)
         return 1

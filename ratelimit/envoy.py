@@ -275,6 +275,13 @@ class DescriptorRule:
                     out.append(entries)
         return out
 
+    def counter(self, entries: list[tuple[str, str]]) -> tuple[str, tuple[Rate, ...]] | None:
+        """The counter and limits of a request descriptor, or None when no limit applies to it."""
+        limit = self.tree.lookup(entries)
+        if limit is None:
+            return None
+        return self._prefix + "/".join(f"{k}={v}" for k, v in entries), limit.rates
+
     def charges(self, request: RequestInfo, ip_key: Any) -> list[Charge]:
         """One charge per request descriptor that has a limit (unlimited ones included, for replaces)."""
         charges: list[Charge] = []

@@ -79,6 +79,9 @@ def test_inspect_shows_usage_on_redis(
         assert "api 10/second: used 3, remaining 7" in out and "api 1000/day: used 3, remaining 997" in out
     assert main(["inspect", str(path), "ann", "--rule", "api", "--tier", "internal"]) == 0
     assert "api: unlimited" in capsys.readouterr().out
+    # An Envoy domain's counter is named by its request descriptor.
+    assert main(["inspect", str(path), "remote_address=10.0.0.1", "--rule", "envoy-edge"]) == 0
+    assert "envoy-edge 50/second: used 3, remaining 47" in capsys.readouterr().out
 
 
 def test_inspect_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
