@@ -22,7 +22,17 @@ __all__ = ["Document", "read_document"]
 _TOP = ("version", "backend", "identity", "headers", "shadow", "rules", "envoy")
 _BACKEND = ("storage", "prefix", "hash_tag", "timeout", "failure_mode", "deny_cache")
 _IDENTITY = ("trusted_proxies", "missing", "claim_headers", "jwt")
-_JWT = ("jwks_url", "key_file", "key_env", "issuer", "audience", "algorithms", "leeway")
+_JWT = (
+    "jwks_url",
+    "key_file",
+    "key_env",
+    "issuer",
+    "audience",
+    "algorithms",
+    "leeway",
+    "require",
+    "jwks_ttl",
+)
 _ENVOY = ("name", "file", "domain", "descriptors", "match", "rate_limits")
 
 
@@ -168,12 +178,13 @@ def _read_jwt(f: Field) -> Any:
             keys["key_env"].fail("the name of a set environment variable")
             return None
         options["key"] = os.environ[name]
-    for name in ("issuer", "audience", "algorithms"):
+    for name in ("issuer", "audience", "algorithms", "require"):
         if name in keys:
             values = [g.string() for g in keys[name].many()]
-            options[name] = values if name == "algorithms" or len(values) > 1 else values[0]
-    if "leeway" in keys:
-        options["leeway"] = keys["leeway"].duration()
+            options[name] = values if name in ("algorithms", "require") or len(values) > 1 else values[0]
+    for name in ("leeway", "jwks_ttl"):
+        if name in keys:
+            options[name] = keys[name].duration()
     if any(v is None or (isinstance(v, list) and None in v) for v in options.values()):
         return None
     from ._jwt import JWTVerifier

@@ -320,3 +320,31 @@ def test_load_config_reports_unreadable_file(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_jwt_require_and_leeway_reach_the_verifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """identity.jwt's require is enforced: a token without a required claim counts as no identity."""
+    jwt = pytest.importorskip("jwt")
+    import time
+
+    secret = "s" * 32
+    monkeypatch.setenv("RL_TEST_SECRET", secret)
+    path = write(
+        tmp_path,
+        """
+        identity:
+          missing: reject
+          jwt:
+            {key_env: RL_TEST_SECRET, algorithms: [HS256], require: [exp, tenant], leeway: 2s, jwks_ttl: 60s}
+        rules: [{name: r, key: claim:sub, limits: 5/minute}]
+    """,
+    )
+    d = Driver(path, None)
+    try:
+        exp = int(time.time()) + 60
+        with_tenant = jwt.encode({"sub": "a", "tenant": "t", "exp": exp}, secret, algorithm="HS256")
+        without = jwt.encode({"sub": "a", "exp": exp}, secret, algorithm="HS256")
+        assert d.actions(1, authorization=f"Bearer {with_tenant}") == ["allow"]
+        assert d.actions(1, authorization=f"Bearer {without}") == ["reject"]
+    finally:
+        d.close()
