@@ -145,13 +145,10 @@ def _read_identity(f: Field, settings: dict[str, Any]) -> KeyMaker:
     if "missing" in keys and (m := keys["missing"].choice(MISSING)) is not None:
         settings["missing_identity"] = m
     claim_headers: dict[str, str] = {}
-    if "claim_headers" in keys and (
-        ch := keys["claim_headers"].mapping(list(keys["claim_headers"].value or {}))
-    ):
-        for claim, g in ch.items():
-            h = g.string(HEADER_NAME, "a header name")
-            if h is not None:
-                claim_headers[str(claim)] = h.lower()
+    for claim, g in (keys["claim_headers"].entries() or {} if "claim_headers" in keys else {}).items():
+        h = g.string(HEADER_NAME, "a header name")
+        if h is not None:
+            claim_headers[claim] = h.lower()
     verifier = _read_jwt(keys["jwt"]) if "jwt" in keys else None
     return KeyMaker(proxies or 0, claim_headers, verifier)
 

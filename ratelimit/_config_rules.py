@@ -118,10 +118,7 @@ def read_match(f: Field) -> dict[str, Any] | None:
         ok = ok and None not in hosts
         out["hosts"] = hosts
     if "headers" in keys:
-        matchers = [
-            _read_header_match(str(n), keys["headers"].child(n))
-            for n in keys["headers"].mapping(list(keys["headers"].value or {})) or {}
-        ]
+        matchers = [_read_header_match(n, g) for n, g in (keys["headers"].entries() or {}).items()]
         ok = ok and None not in matchers
         out["headers"] = matchers
     return out if ok else None
@@ -159,14 +156,8 @@ def _read_tiers(f: Field, maker: KeyMaker) -> Tiers | None:
             f.report.add(f.pos, f.path, "hint: 'default: unlimited' lets requests of other tiers through")
         return None
     by = maker.read(keys["by"])
-    levels: dict[str, Any] = {}
-    table = (
-        keys["limits"].mapping([str(k) for k in keys["limits"].value or {}])
-        if isinstance(keys["limits"].value, dict)
-        else keys["limits"].mapping(())
-    )
-    for tier, g in (table or {}).items():
-        levels[str(tier)] = _read_limits(g)
+    table = keys["limits"].entries()
+    levels = {tier: _read_limits(g) for tier, g in (table or {}).items()}
     default = _read_limits(keys["default"])
     if by is None or table is None or default is None or None in levels.values():
         return None
@@ -174,7 +165,7 @@ def _read_tiers(f: Field, maker: KeyMaker) -> Tiers | None:
 
 
 def _read_overrides(f: Field, key: Any) -> dict[str, Any] | None:
-    table = f.mapping([str(k) for k in f.value]) if isinstance(f.value, dict) else f.mapping(())
+    table = f.entries()
     if table is None:
         return None
     out: dict[str, Any] = {}
@@ -183,7 +174,7 @@ def _read_overrides(f: Field, key: Any) -> dict[str, Any] | None:
         if limits is None:
             return None
         if isinstance(key, api_key):  # written as the API key, counted by its hash
-            probe = RequestInfo("http", "GET", "/", Headers([(key.header_name, str(identity))]))
+            probe = RequestInfo("http", "GET", "/", Headers([(key.header_name, identity)]))
             identity = key(probe) or ""
-        out[str(identity)] = limits
+        out[identity] = limits
     return out

@@ -101,6 +101,13 @@ class Field:
                 self.report.add(self.pos, self.path, f"missing required key {key!r}")
         return out
 
+    def entries(self) -> dict[str, Field] | None:
+        """A mapping whose keys are data (claims, tiers, identities): every key, as a string."""
+        if not isinstance(self.value, Mapping):
+            self.fail("a mapping")
+            return None
+        return {str(key): self.child(key) for key in self.value}
+
     def items(self) -> list[Field] | None:
         """The items of a list."""
         if not isinstance(self.value, list):

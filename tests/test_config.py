@@ -348,3 +348,16 @@ def test_jwt_require_and_leeway_reach_the_verifier(tmp_path: Path, monkeypatch: 
         assert d.actions(1, authorization=f"Bearer {without}") == ["reject"]
     finally:
         d.close()
+
+
+def test_numeric_identities_and_tiers_are_data_keys(drive: Any) -> None:
+    """Overrides and tiers keyed by numbers in YAML (a user id 42, plan 2) match their string identity."""
+    d = drive("""
+        rules:
+          - name: ids
+            key: header:x-user
+            tiers: {by: header:x-plan, limits: {2: 3/minute}, default: 1/minute}
+            overrides: {42: 5/minute}
+    """)
+    assert d.allowed(10, x_user="42") == 5
+    assert d.allowed(10, x_user="7", x_plan="2") == 3
