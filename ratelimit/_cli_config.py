@@ -97,8 +97,8 @@ def _counters(rule: Any, identity: str, tier: str | None) -> list[tuple[str, str
     """(label, counter, limits) of ``identity`` under ``rule``; Envoy domains read ``k=v,k=v``."""
     if isinstance(rule, DescriptorRule):
         entries = [tuple(part.split("=", 1)) for part in identity.split(",") if "=" in part]
-        found = rule.counter([(k, v) for k, v in entries]) if entries else None
-        return [] if found is None else [(rule.name, found[0], found[1])]
+        charge = rule.charge([(k, v) for k, v in entries]) if entries else None
+        return [] if charge is None else [(rule.name, charge.counted, charge.rates)]
     return [(rule.name, f"{rule.name}/{identity}", rule.limits_for(identity, tier))]
 
 

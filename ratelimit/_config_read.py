@@ -204,7 +204,7 @@ def _read_envoy(f: Field, shadow: bool, taken: set[str], base: Path | None, doc:
         config = _read_envoy_file(keys["file"], base, doc)
     else:
         inline = {k: f.value[k] for k in ("domain", "descriptors") if k in f.value}
-        config = read_service_config(Field(inline, f.path, f.pos, f.report), shadow)
+        config = read_service_config(Field(inline, f.path, f.pos, f.report))
     route = read_match(keys["match"]) if "match" in keys else {}
     descriptors: list[list[Action]] | None = None
     if "rate_limits" in keys:

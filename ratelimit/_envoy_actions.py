@@ -16,7 +16,16 @@ from ._reader import Field
 from .matchers import HeaderMatch, header_value
 from .request import RequestInfo
 
-__all__ = ["ENVOY_ONLY_ACTIONS", "SKIP", "Action", "read_actions", "read_header_matcher"]
+__all__ = [
+    "ENVOY_ONLY_ACTIONS",
+    "SKIP",
+    "Action",
+    "constant_entry",
+    "header_entry",
+    "read_actions",
+    "read_header_matcher",
+    "remote_address_entry",
+]
 
 SKIP = ("", "")  # an entry left out (request_headers with skip_if_absent)
 Action = Callable[[RequestInfo, Any], "tuple[str, str] | None"]
@@ -85,6 +94,31 @@ def _string_match(f: Field) -> tuple[str, str, bool]:
     return ways[0], keys[ways[0]].string() or "", ignore
 
 
+def header_entry(name: str, key: str, skip_if_absent: bool = False) -> Action:
+    """``(key, value of header name)``; an absent header drops the descriptor (or is skipped)."""
+    lname = name.lower()
+
+    def action(request: RequestInfo, ip_key: Any) -> tuple[str, str] | None:
+        value = header_value(request, lname)
+        if value is None:
+            return SKIP if skip_if_absent else None
+        return (key, value)
+
+    return action
+
+
+def remote_address_entry(request: RequestInfo, ip_key: Any) -> tuple[str, str] | None:
+    """``("remote_address", client IP)``, the IP read behind the trusted proxies."""
+    ip = ip_key(request)
+    return ("remote_address", ip) if ip else None
+
+
+def constant_entry(key: str, value: str) -> Action:
+    """The same entry for every request (``generic_key``)."""
+    entry = (key, value)
+    return lambda request, ip_key: entry
+
+
 def _request_headers(f: Field) -> Action | None:
     keys = f.mapping(("header_name", "descriptor_key", "skip_if_absent"), ("header_name", "descriptor_key"))
     if not keys or "header_name" not in keys or "descriptor_key" not in keys:
@@ -94,37 +128,21 @@ def _request_headers(f: Field) -> Action | None:
     skip = keys["skip_if_absent"].boolean() if "skip_if_absent" in keys else False
     if name is None or key is None:
         return None
-    lname = name.lower()
-
-    def action(request: RequestInfo, ip_key: Any) -> tuple[str, str] | None:
-        value = header_value(request, lname)
-        if value is None:
-            return SKIP if skip else None
-        return (key, value)
-
-    return action
+    return header_entry(name, key, bool(skip))
 
 
 def _remote_address(f: Field) -> Action | None:
     if f.value not in (None, {}) and f.mapping(()) is None:
         return None
-
-    def action(request: RequestInfo, ip_key: Any) -> tuple[str, str] | None:
-        ip = ip_key(request)
-        return ("remote_address", ip) if ip else None
-
-    return action
+    return remote_address_entry
 
 
 def _generic_key(f: Field) -> Action | None:
     keys = f.mapping(("descriptor_value", "descriptor_key"), ("descriptor_value",))
     if not keys or "descriptor_value" not in keys:
         return None
-    entry = (
-        (keys["descriptor_key"].string() or "generic_key") if "descriptor_key" in keys else "generic_key",
-        keys["descriptor_value"].string() or "",
-    )
-    return lambda request, ip_key: entry
+    key = (keys["descriptor_key"].string() or "generic_key") if "descriptor_key" in keys else "generic_key"
+    return constant_entry(key, keys["descriptor_value"].string() or "")
 
 
 def _header_value_match(f: Field) -> Action | None:

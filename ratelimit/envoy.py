@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._envoy_actions import SKIP, Action
+from ._envoy_actions import SKIP, Action, constant_entry, header_entry, remote_address_entry
 from ._rate import Rate
 from ._reader import Field
-from .matchers import header_value
 from .request import RequestInfo
 from .rules import _NAME, Rule
 from .ruleset import Charge
@@ -110,22 +109,18 @@ class DescriptorTree:
         return None
 
 
-def read_service_config(f: Field, shadow: bool = False) -> DescriptorTree | None:
+def read_service_config(f: Field) -> DescriptorTree | None:
     """Read ``domain`` and ``descriptors`` as the envoyproxy/ratelimit service does."""
     keys = f.mapping(("domain", "descriptors"), required=("domain",))
     if keys is None or "domain" not in keys:
         return None
     domain = keys["domain"].string()
     paths: list[tuple[tuple[str, str | None], ...]] = []
-    root = (
-        _read_level(keys["descriptors"], domain or "", (), paths, shadow)
-        if "descriptors" in keys
-        else _Level()
-    )
+    root = _read_level(keys["descriptors"], domain or "", (), paths) if "descriptors" in keys else _Level()
     return DescriptorTree(domain, root, paths) if domain is not None and root is not None else None
 
 
-def _read_level(f: Field, where: str, path: tuple[Any, ...], paths: list[Any], shadow: bool) -> _Level | None:
+def _read_level(f: Field, where: str, path: tuple[Any, ...], paths: list[Any]) -> _Level | None:
     level = _Level()
     ok = True
     for item in f.items() or []:
@@ -140,15 +135,11 @@ def _read_level(f: Field, where: str, path: tuple[Any, ...], paths: list[Any], s
             continue
         label = f"{where}.{key}" + (f"={value}" if value is not None else "")
         step = (*path, (key, value if key == "generic_key" else None))
-        node_shadow = shadow or (bool(keys["shadow_mode"].boolean()) if "shadow_mode" in keys else False)
+        node_shadow = bool(keys["shadow_mode"].boolean()) if "shadow_mode" in keys else False
         limit = _read_limit(keys["rate_limit"], label, node_shadow) if "rate_limit" in keys else None
         if "rate_limit" in keys and limit is None:
             ok = False
-        children = (
-            _read_level(keys["descriptors"], label, step, paths, shadow)
-            if "descriptors" in keys
-            else _Level()
-        )
+        children = _read_level(keys["descriptors"], label, step, paths) if "descriptors" in keys else _Level()
         if children is None:
             ok = False
             continue
@@ -206,11 +197,10 @@ def _read_limit(f: Field, label: str, shadow: bool) -> _Limit | None:
 def _convention(key: str, value: str | None) -> Action:
     """How a descriptor key is read from the request when no ``rate_limits`` are given."""
     if key == "generic_key" and value is not None:
-        return lambda request, ip_key: (key, value)
+        return constant_entry(key, value)
     if key == "remote_address":
-        return lambda request, ip_key: (key, ip) if (ip := ip_key(request)) else None
-    name = key.lower()
-    return lambda request, ip_key: (key, v) if (v := header_value(request, name)) is not None else None
+        return remote_address_entry
+    return header_entry(key, key)
 
 
 class DescriptorRule:
@@ -275,29 +265,22 @@ class DescriptorRule:
                     out.append(entries)
         return out
 
-    def counter(self, entries: list[tuple[str, str]]) -> tuple[str, tuple[Rate, ...]] | None:
-        """The counter and limits of a request descriptor, or None when no limit applies to it."""
+    def charge(self, entries: list[tuple[str, str]]) -> Charge | None:
+        """The charge of one request descriptor, or None when no limit applies to it."""
         limit = self.tree.lookup(entries)
         if limit is None:
             return None
-        return self._prefix + "/".join(f"{k}={v}" for k, v in entries), limit.rates
+        # Keyed by domain, as the service keys them: entries of one domain share counters.
+        counted = self._prefix + "/".join(f"{k}={v}" for k, v in entries)
+        names = (limit.policy,) * len(limit.rates)
+        shadow = limit.shadow or self.shadow
+        return Charge(limit.label or self.name, counted, limit.rates, names, 1, shadow, limit.replaces)
 
     def charges(self, request: RequestInfo, ip_key: Any) -> list[Charge]:
         """One charge per request descriptor that has a limit (unlimited ones included, for replaces)."""
-        charges: list[Charge] = []
-        seen: set[str] = set()
+        charges: dict[str, Charge] = {}
         for entries in self.entries(request, ip_key):
-            limit = self.tree.lookup(entries)
-            if limit is None:
-                continue
-            # Keyed by domain, as the service keys them: entries of one domain share counters.
-            counted = self._prefix + "/".join(f"{k}={v}" for k, v in entries)
-            if counted in seen:
-                continue
-            seen.add(counted)
-            names = (limit.policy,) * len(limit.rates)
-            shadow = limit.shadow or self.shadow
-            charges.append(
-                Charge(limit.label or self.name, counted, limit.rates, names, 1, shadow, limit.replaces)
-            )
-        return charges
+            charge = self.charge(entries)
+            if charge is not None:
+                charges.setdefault(charge.counted, charge)
+        return list(charges.values())
