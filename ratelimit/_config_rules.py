@@ -142,11 +142,8 @@ def _read_header_match(name: str, f: Field) -> HeaderMatch | None:
     ignore = keys["ignore_case"].boolean() if "ignore_case" in keys else False
     if value is None or invert is None or ignore is None:
         return None
-    try:
-        return HeaderMatch(name, way, value, invert, ignore)  # type: ignore[arg-type]
-    except ValueError as exc:
-        f.fail("a valid header condition", str(exc))
-        return None
+    kind: Any = way
+    return f.convert(lambda _: HeaderMatch(name, kind, value, invert, ignore), "a valid header condition")
 
 
 def _read_tiers(f: Field, maker: KeyMaker) -> Tiers | None:

@@ -74,11 +74,10 @@ def read_header_matcher(f: Field) -> HeaderMatch | None:
             kind, value = way.removesuffix("_match"), g.string() or ""
     if name is None or invert is None:
         return None
-    try:
-        return HeaderMatch(name, kind, value, invert, ignore_case)  # type: ignore[arg-type]
-    except ValueError as exc:
-        f.fail("a valid header matcher", str(exc))
-        return None
+    matcher: Any = kind
+    return f.convert(
+        lambda _: HeaderMatch(name, matcher, value, invert, ignore_case), "a valid header matcher"
+    )
 
 
 def _string_match(f: Field) -> tuple[str, str, bool]:
