@@ -263,29 +263,32 @@ class jwt_claim(_Named):
             return str(value) or None
         return None
 
+    def _verified(self, request: RequestInfo) -> tuple[Any, Any] | None:
+        # Claims of this request, remembered per verifier: sub and plan verify one token once.
+        memo = request.memo.get(id(self.verifier))
+        return memo if memo is not None and memo[0] is self.verifier else None
+
+    def _keep(self, request: RequestInfo, claims: dict[str, Any] | None) -> str | None:
+        request.memo[id(self.verifier)] = (self.verifier, claims)
+        return self._claim(claims)
+
     def __call__(self, request: RequestInfo) -> str | None:
         found = self._from_header(request)
         if found is not None or self.verifier is None:
             return found
-        memo = request.memo.get(id(self.verifier))  # claims of this request, by verifier
-        if memo is not None and memo[0] is self.verifier:
+        if (memo := self._verified(request)) is not None:
             return self._claim(memo[1])
         token = self._token(request)
-        claims = self.verifier.verify(token) if token else None
-        request.memo[id(self.verifier)] = (self.verifier, claims)
-        return self._claim(claims)
+        return self._keep(request, self.verifier.verify(token) if token else None)
 
     async def aresolve(self, request: RequestInfo) -> str | None:
         found = self._from_header(request)
         if found is not None or self.verifier is None:
             return found
-        memo = request.memo.get(id(self.verifier))
-        if memo is not None and memo[0] is self.verifier:
+        if (memo := self._verified(request)) is not None:
             return self._claim(memo[1])
         token = self._token(request)
-        claims = await self.verifier.averify(token) if token else None
-        request.memo[id(self.verifier)] = (self.verifier, claims)
-        return self._claim(claims)
+        return self._keep(request, await self.verifier.averify(token) if token else None)
 
 
 def jwt_subject(**options: Any) -> jwt_claim:
