@@ -15,7 +15,7 @@ from ._rate import Rate
 from .headers import policy_name
 from .request import RequestInfo
 from .rules import Rule
-from .ruleset import Charge
+from .ruleset import Charge, ChargingRule
 
 __all__ = ["names_for", "plan_charges", "policies", "split_charges"]
 
@@ -38,22 +38,24 @@ def _identity(
 
 
 def plan_charges(
-    rules: Sequence[Any],
-    identities: Sequence[str | None],
-    tiers: Sequence[str | None],
+    rules: Sequence[Rule | ChargingRule],
+    resolved: Sequence[Sequence[str | None]],
     request: RequestInfo,
     ip_key: Any,
     missing: str,
 ) -> list[Charge] | None:
-    """What ``request`` is charged to; None when a rule finds no identity and rejects."""
+    """What ``request`` is charged to; None when a rule finds no identity and rejects.
+
+    ``resolved`` holds, per rule, the answers of its ``lookups`` (identity, then tier).
+    """
     charges: list[Charge] = []
     replacing = False
-    for rule, raw, tier in zip(rules, identities, tiers, strict=True):
+    for rule, found in zip(rules, resolved, strict=True):
         if not isinstance(rule, Rule):
             charges += rule.charges(request, ip_key)
             replacing = True
             continue
-        identity = _identity(rule, raw, request, ip_key, missing)
+        identity = _identity(rule, found[0], request, ip_key, missing)
         if identity is None:
             return None
         try:
@@ -66,7 +68,7 @@ def plan_charges(
         if rule.simple:
             charges.append(Charge(rule.name, counted, rule.rates, rule.policy_names, cost, rule.shadow))
             continue
-        rates = rule.limits_for(identity, tier)
+        rates = rule.limits_for(identity, found[1] if len(found) > 1 else None)
         names = rule.policy_names if rates is rule.rates else names_for(rule.name, rates)
         charges.append(Charge(rule.name, counted, rates, names, cost, rule.shadow, rule.replaces))
         replacing = True

@@ -236,12 +236,8 @@ class Enforcer:
             matched = self.matching(request, rules)
         if not matched:
             return Outcome("skip")
-        identities = [_identity_of(r.key, r, request) if isinstance(r, Rule) else None for r in matched]
-        tiers = [
-            _identity_of(r.tiers.by, r, request) if r.__class__ is Rule and r.tiers is not None else None
-            for r in matched
-        ]
-        charges = plan_charges(matched, identities, tiers, request, self.ip_key, self.missing_identity)
+        resolved = [[_identity_of(k, r, request) for k in r.lookups] for r in matched]
+        charges = plan_charges(matched, resolved, request, self.ip_key, self.missing_identity)
         if charges is None:
             return self._reject(matched)
         items, shadow_items, enforcing, shadows = split_charges(charges)
@@ -261,26 +257,14 @@ class Enforcer:
             matched = self.matching(request, rules)
         if not matched:
             return Outcome("skip")
-        identities = [
-            await _aidentity_of(r.key, r, request) if isinstance(r, Rule) else None for r in matched
-        ]
-        tiers = [
-            await _aidentity_of(r.tiers.by, r, request)
-            if r.__class__ is Rule and r.tiers is not None
-            else None
-            for r in matched
-        ]
-        charges = plan_charges(matched, identities, tiers, request, self.ip_key, self.missing_identity)
+        resolved = [[await _aidentity_of(k, r, request) for k in r.lookups] for r in matched]
+        charges = plan_charges(matched, resolved, request, self.ip_key, self.missing_identity)
         if charges is None:
             return self._reject(matched)
         items, shadow_items, enforcing, shadows = split_charges(charges)
         decision = await self.limiter.ahit_many(items) if items else None
         shadow = await self.limiter.ahit_many(shadow_items) if shadow_items else None
         return self._outcome(decision, enforcing, shadow, shadows)
-
-
-def _tiered(rule: Any) -> bool:
-    return isinstance(rule, Rule) and rule.tiers is not None
 
 
 def _identity_of(key: Any, rule: Rule, request: RequestInfo) -> str | None:

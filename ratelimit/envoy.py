@@ -228,6 +228,7 @@ class DescriptorRule:
         self.shadow = shadow
         self.route = route or Rule.of(name, "unlimited")
         self.conditional = self.route.conditional
+        self.lookups = ()  # entries come from actions, not key functions
         self._prefix = f"envoy:{tree.domain}/"  # ":" is not allowed in rule names: no clash
         self.conventional = descriptors is None
         if descriptors is None:

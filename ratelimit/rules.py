@@ -134,6 +134,7 @@ class Rule:
     policy_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
     simple: bool = field(default=True, repr=False, compare=False)
     conditional: bool = field(default=False, repr=False, compare=False)
+    lookups: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -148,6 +149,8 @@ class Rule:
         # Rules without per-request limits take the enforcer's fast path.
         object.__setattr__(self, "simple", self.tiers is None and not self.overrides and not self.replaces)
         object.__setattr__(self, "conditional", bool(self.hosts or self.headers))
+        # The key functions a request is resolved with: the identity, then the tier.
+        object.__setattr__(self, "lookups", (self.key,) if self.tiers is None else (self.key, self.tiers.by))
         paths = (self.paths,) if isinstance(self.paths, str) else tuple(self.paths)
         object.__setattr__(self, "paths", paths)
         object.__setattr__(self, "_patterns", tuple(compile_path(p) for p in paths))

@@ -47,6 +47,7 @@ class ChargingRule(Protocol):
 
     name: str
     conditional: bool
+    lookups: tuple[Any, ...]  # key functions to resolve first: none for these rules
 
     def matches_route(self, request: RequestInfo) -> bool: ...
 
