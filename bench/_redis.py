@@ -166,3 +166,14 @@ class CommandStats:
     def close(self) -> None:
         """Close the stats connection."""
         self._client.close()
+
+
+def redis_version(url: str) -> str | None:
+    """The server's version, or None when it cannot be asked."""
+    client = redis.Redis.from_url(url)
+    try:
+        return str(client.info("server").get("redis_version"))
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()

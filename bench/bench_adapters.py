@@ -48,7 +48,7 @@ from _apps import (  # noqa: E402
     bare_starlette,
 )
 from _driver import RunResult, VariantResult, drive  # noqa: E402
-from _redis import ZERO_COUNTS, CommandStats, redis_server, redis_server_binary  # noqa: E402
+from _redis import ZERO_COUNTS, CommandStats, redis_server, redis_server_binary, redis_version  # noqa: E402
 
 T = TypeVar("T")
 
@@ -1057,18 +1057,6 @@ def _grpc_name(number: int) -> str:
     return str(number)
 
 
-def _redis_version(url: str) -> str | None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        return str(client.info("server").get("redis_version"))
-    except redis.RedisError:
-        return None
-    finally:
-        client.close()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
@@ -1111,7 +1099,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if s.redis_url is None and any(v.needs_redis for vs in chosen.values() for v in vs):
             s.redis_url = stack.enter_context(redis_server())
         if s.redis_url:
-            print(f"redis-server {_redis_version(s.redis_url)} at {s.redis_url}", flush=True)
+            print(f"redis-server {redis_version(s.redis_url)} at {s.redis_url}", flush=True)
         for family, variants in chosen.items():
             print(f"{TITLES[family]}: {describe(family, s)}", flush=True)
             started = time.perf_counter()

@@ -42,7 +42,7 @@ from _apps import (  # noqa: E402
     Variant,
 )
 from _driver import RunResult, VariantResult, drive  # noqa: E402
-from _redis import ZERO_COUNTS, CommandCounts, CommandStats, redis_server  # noqa: E402
+from _redis import ZERO_COUNTS, CommandCounts, CommandStats, redis_server, redis_version  # noqa: E402
 
 TABLE_TITLE = "ASGI in-process benchmark"
 
@@ -271,18 +271,6 @@ def describe(s: Settings, redis_version: str | None) -> str:
     )
 
 
-def _redis_version(url: str) -> str | None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        return str(client.info("server").get("redis_version"))
-    except redis.RedisError:
-        return None
-    finally:
-        client.close()
-
-
 async def profile_variant(v: Variant, s: Settings) -> str:
     """cProfile one measured run of ``v``; return the top functions by tottime."""
     ctx = BenchContext(redis_url=s.redis_url)
@@ -334,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         if any(v.needs_redis for v in variants) and s.redis_url is None:
             s.redis_url = stack.enter_context(redis_server())
-        version = _redis_version(s.redis_url) if s.redis_url else None
+        version = redis_version(s.redis_url) if s.redis_url else None
         if args.profile:
             print(asyncio.run(profile_variant(variants[0], s)))
             return 0
