@@ -12,6 +12,7 @@ The format is described in docs/configuration.md. Most code needs only
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -70,7 +71,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             [f"{path}: cannot read the config file: {getattr(exc, 'strerror', None) or exc}"]
         ) from None
     config = parse_config(text, str(path), path.parent)
-    return Config(config.ruleset, config.limiter_options, (path, *config.files), config.digest)
+    return dataclasses.replace(config, files=(path, *config.files))
 
 
 def _fingerprint(files: tuple[Path, ...]) -> tuple[Any, ...]:
