@@ -257,7 +257,10 @@ class Enforcer:
             matched = self.matching(request, rules)
         if not matched:
             return Outcome("skip")
-        resolved = [[await _aidentity_of(k, r, request) for k in r.lookups] for r in matched]
+        # A loop, not a nested comprehension: `await` inside one is a SyntaxError on 3.10.
+        resolved: list[list[str | None]] = []
+        for r in matched:
+            resolved.append([await _aidentity_of(k, r, request) for k in r.lookups])
         charges = plan_charges(matched, resolved, request, self.ip_key, self.missing_identity)
         if charges is None:
             return self._reject(matched)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -53,8 +54,7 @@ def test_wheel_carries_lua_and_works_installed(tmp_path: Path, redis_url: str) -
         for script in LUA:
             assert zf.read(f"ratelimit/lua/{script.name}") == script.read_bytes()
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = venv / "bin" / "python"
+    python = _venv_seeing_this_environment(venv)
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
         check=True,
@@ -69,6 +69,29 @@ def test_wheel_carries_lua_and_works_installed(tmp_path: Path, redis_url: str) -
     )
     assert result.returncode == 0, result.stderr
     assert "wheel ok" in result.stdout and str(venv) in result.stdout
+
+
+def _venv_seeing_this_environment(venv: Path) -> Path:
+    """A fresh venv that also sees the packages of the environment running the tests.
+
+    ``--system-site-packages`` would not do: run from inside a virtualenv it sees the base
+    interpreter's site-packages, not the virtualenv's, so redis-py may be missing there.
+    A ``.pth`` file naming this environment's site directories works from a virtualenv and
+    from a system install alike; the venv's own site-packages (where the wheel goes) still
+    comes first on ``sys.path``, and a path line in a ``.pth`` file does not run the
+    ``.pth`` files (the editable install) it points at.
+    """
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(purelib) / "_outer_environment.pth").write_text("\n".join(sorted(ours)) + "\n")
+    return python
 
 
 def test_source_tree_scripts_load() -> None:
