@@ -91,11 +91,18 @@ def rate_limit_headers(
 ) -> list[tuple[str, str]]:
     """The RateLimit header fields for ``decision``; ``names`` (and ``rates``) have one entry per limit.
 
+    A fallback decision (the failure policy answered) gets no RateLimit fields, only
+    ``Retry-After`` when it denies.
+
     ``rates`` defaults to the rates in ``decision.limits``; passing them lets a
     single-limit decision skip building its per-limit statuses.
     """
     if not names:
         return []
+    if decision.fallback:
+        # The failure policy answered (docs/failure.md): its numbers describe no real
+        # quota, so no RateLimit fields; a denial still says when to come back.
+        return [] if decision.allowed else [retry_after_header(decision)]
     if rates is None:
         rates = tuple(s.rate for s in decision.limits)
     policy = policy_field(tuple(names), tuple(rates))

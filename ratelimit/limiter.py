@@ -82,13 +82,21 @@ class Limiter:
             raise ValueError(f"closed_retry_after must be seconds in (0, 86400], got {closed_retry_after!r}")
         self.closed_retry_after = float(closed_retry_after)
         self._local = MemoryBackend(max_keys) if failure_mode == "local" else None
-        self._breaker = CircuitBreaker()
+        self._breaker = CircuitBreaker()  # the backend's, or on a Cluster for an unknown shard
+        # One breaker per server on a sharded backend (Redis Cluster): a dead master
+        # sends only its own keys to the failure policy.
+        self._shard_breakers: dict[str, CircuitBreaker] = {}
+        self._shard_of: Callable[[Plan], str | None] | None = (
+            getattr(self.backend, "shard_of", None) if getattr(self.backend, "sharded", False) else None
+        )
         remote = not isinstance(self.backend, MemoryBackend)
         self.deny_cache: DenyCache | None = (
             DenyCache() if (remote if deny_cache is None else deny_cache) else None
         )
         self._plans: dict[tuple[Any, ...], Plan] = {}
         self.metrics = metrics
+        if metrics is not None and hasattr(self.backend, "metrics"):
+            self.backend.metrics = metrics  # queueing vs Redis time, per script call
         # Rules from a config file (see from_config), which adapters handed this limiter enforce.
         self.ruleset: Any = None
         self.config: Any = None  # the ratelimit.config.ConfigSource that loaded them, if any
@@ -168,9 +176,19 @@ class Limiter:
             norm.append((item[0], item[1], item[2] if len(item) == 3 else cost))
         return make_plan(self.keyspace, norm, commit)
 
-    def _finish(self, plan: Plan, raw: tuple[bool, Any, Any]) -> Decision:
-        if self._breaker.is_open:
-            self._breaker.success()
+    def _breaker_for(self, shard: str | None) -> CircuitBreaker:
+        if shard is None:
+            return self._breaker
+        breaker = self._shard_breakers.get(shard)
+        if breaker is None:
+            if len(self._shard_breakers) >= 1024:  # addresses change across failovers
+                self._shard_breakers = {k: b for k, b in self._shard_breakers.items() if b.is_open}
+            breaker = self._shard_breakers[shard] = CircuitBreaker()
+        return breaker
+
+    def _finish(self, plan: Plan, raw: tuple[bool, Any, Any], breaker: CircuitBreaker) -> Decision:
+        if breaker.is_open:
+            breaker.success()
         decision = decide(plan, *raw)
         if not decision.allowed:
             if self.deny_cache is not None:
@@ -179,9 +197,14 @@ class Limiter:
             decision._charge = (plan, raw[1])
         return decision
 
-    def _fallback(self, plan: Plan, error: BaseException | None) -> Decision:
+    def _fallback(
+        self, plan: Plan, error: BackendError | None, breaker: CircuitBreaker | None = None
+    ) -> Decision:
         if error is not None:
-            self._breaker.failure(error)
+            shard = getattr(error, "shard", None)
+            if shard is not None and self._shard_of is not None:
+                breaker = self._breaker_for(shard)
+            (breaker or self._breaker).failure(error)
             if self.metrics is not None:
                 self.metrics.backend_error(self.backend.name, _error_kind(error))
         if self._local is not None:
@@ -202,16 +225,17 @@ class Limiter:
             cached = self.deny_cache.get(plan)
             if cached is not None:
                 return cached
-        if not self._breaker.allow():
+        breaker = self._breaker if self._shard_of is None else self._breaker_for(self._shard_of(plan))
+        if not breaker.allow():
             return self._fallback(plan, None)
         started = perf_counter() if self.metrics is not None else 0.0
         try:
             raw = self.backend.evaluate(plan)
         except BackendError as exc:
-            return self._fallback(plan, exc)
+            return self._fallback(plan, exc, breaker)
         if self.metrics is not None:
             self.metrics.backend_latency(self.backend.name, perf_counter() - started)
-        return self._finish(plan, raw)
+        return self._finish(plan, raw, breaker)
 
     def hit(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
         """Count a hit of ``cost`` against ``identity``'s ``rate`` if it fits.
@@ -337,16 +361,17 @@ class Limiter:
             cached = self.deny_cache.get(plan)
             if cached is not None:
                 return cached
-        if not self._breaker.allow():
+        breaker = self._breaker if self._shard_of is None else self._breaker_for(self._shard_of(plan))
+        if not breaker.allow():
             return self._fallback(plan, None)
         started = perf_counter() if self.metrics is not None else 0.0
         try:
             raw = await self.backend.aevaluate(plan)
         except BackendError as exc:
-            return self._fallback(plan, exc)
+            return self._fallback(plan, exc, breaker)
         if self.metrics is not None:
             self.metrics.backend_latency(self.backend.name, perf_counter() - started)
-        return self._finish(plan, raw)
+        return self._finish(plan, raw, breaker)
 
     async def ahit(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
         """Async :meth:`hit`."""

@@ -109,6 +109,15 @@ class _Collectors:
             registry=None,
             buckets=buckets,
         )
+        self.phases = Histogram(
+            "backend_phase_seconds",
+            "Per script call on the asyncio path: time queued in this process before it was "
+            "written (phase=queued), and time until Redis answered (phase=redis).",
+            ["backend", "phase"],
+            namespace=namespace,
+            registry=None,
+            buckets=buckets,
+        )
         self.errors = Counter(
             "backend_errors",
             "Rate limit backend failures.",
@@ -132,7 +141,14 @@ class _Collectors:
         )
         registered: list[Collector] = []
         try:
-            for collector in (self.decisions, self.latency, self.errors, self.deny_cache_hits, self.reloads):
+            for collector in (
+                self.decisions,
+                self.latency,
+                self.phases,
+                self.errors,
+                self.deny_cache_hits,
+                self.reloads,
+            ):
                 registry.register(collector)
                 registered.append(collector)
         except ValueError:
@@ -146,6 +162,7 @@ class _Collectors:
         self.backends = _BoundedLabel(MAX_BACKENDS)
         self.decision_children: dict[tuple[str, str, str], Counter] = {}
         self.latency_children: dict[str, Histogram] = {}
+        self.phase_children: dict[str, tuple[Histogram, Histogram]] = {}
         self.error_children: dict[tuple[str, str], Counter] = {}
         self.deny_cache_children: dict[str, Counter] = {}
         self._warned: set[str] = set()
@@ -221,7 +238,7 @@ class Metrics:
     arguments, so a repeat call is a dict lookup and an increment.
     """
 
-    __slots__ = ("_collectors", "_decisions", "_deny_cache", "_errors", "_latency")
+    __slots__ = ("_collectors", "_decisions", "_deny_cache", "_errors", "_latency", "_phases")
 
     def __init__(
         self,
@@ -239,6 +256,7 @@ class Metrics:
         self._collectors = c
         self._decisions = c.decision_children
         self._latency = c.latency_children
+        self._phases = c.phase_children
         self._errors = c.error_children
         self._deny_cache = c.deny_cache_children
 
@@ -258,6 +276,18 @@ class Metrics:
             c = self._collectors
             child = _remember(self._latency, backend, c.latency.labels(c.backends(backend)))
         child.observe(seconds)
+
+    def backend_phases(self, backend: str, queued: float, in_backend: float) -> None:
+        """Observe one script call's time queued in this process and its time in ``backend``."""
+        children = self._phases.get(backend)
+        if children is None:
+            c = self._collectors
+            name = c.backends(backend)
+            children = _remember(
+                self._phases, backend, (c.phases.labels(name, "queued"), c.phases.labels(name, "redis"))
+            )
+        children[0].observe(queued)
+        children[1].observe(in_backend)
 
     def backend_error(self, backend: str, kind: str) -> None:
         """Count one failed call to ``backend``: ``"timeout"``, ``"connection"`` or ``"other"``."""
@@ -291,6 +321,9 @@ class NullMetrics:
         """Do nothing."""
 
     def backend_latency(self, backend: str, seconds: float) -> None:
+        """Do nothing."""
+
+    def backend_phases(self, backend: str, queued: float, in_backend: float) -> None:
         """Do nothing."""
 
     def backend_error(self, backend: str, kind: str) -> None:

@@ -1,125 +1,105 @@
-"""Coalesce the checks of concurrent requests into one script call per round trip.
+"""Coalesce the checks of concurrent requests into one script call per loop iteration.
 
-Under load, many requests of one event loop ask Redis at once. Instead of one round
-trip each, requests that arrive while a call is in flight wait (at most the timeout
-budget) and go together in the next call: the script decides them in arrival order,
-each all-or-nothing, exactly as if they had been sent one by one. One call carries up
-to ``max_batch`` requests, and at most ``max_inflight`` calls are in flight at once.
+Under load, many requests of one event loop ask Redis at once. The plans submitted
+during one iteration of the loop go out together at its end, as one script call (per
+hash slot on a Cluster, and at most ``max_batch`` plans per call): the script decides
+them in arrival order, each all-or-nothing, exactly as if they had been sent one by
+one. Calls are pipelined (see ``_nodes``), so a new batch never waits for the previous
+one's reply, and the timeout budget starts when a call is written, never while it
+waits in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from .._plan import Plan
+from .._scripts import LuaScript
+from ._codec import decode, encode
+from ._nodes import ScriptCall
 from .base import BackendError, RawResult
 
-__all__ = ["BackendTimeout", "Batcher"]
-
-Send = Callable[[Sequence[Plan]], Awaitable[list[RawResult]]]
+__all__ = ["Batcher", "Router"]
 
 
-class BackendTimeout(BackendError):
-    """The backend did not answer within the timeout budget."""
+class Router(Protocol):
+    """Where script calls go: one :class:`~._nodes.Node`, or a :class:`~._nodes.Cluster`."""
 
-
-class _Batch:
-    __slots__ = ("futures", "plans", "timer")
-
-    def __init__(self) -> None:
-        self.plans: list[Plan] = []
-        self.futures: list[asyncio.Future[RawResult]] = []
-        self.timer: asyncio.TimerHandle | None = None
+    def submit(self, calls: Sequence[ScriptCall]) -> None: ...
 
 
 class Batcher:
-    """Queues plans on one event loop and sends them in batches through ``send``."""
+    """Queues plans on one event loop and sends each iteration's plans as script calls."""
 
     def __init__(
         self,
-        send: Send,
         loop: asyncio.AbstractEventLoop,
-        timeout: float,
+        router: Router,
+        script: LuaScript,
         max_batch: int = 128,
-        max_inflight: int = 2,
+        slot_of: Callable[[Plan], int] | None = None,
     ) -> None:
-        self._send = send
         self._loop = loop
-        self._timeout = timeout
+        self._router = router
+        self._script = script
         self._max_batch = max_batch
-        self._max_inflight = max_inflight
-        self._queue: deque[_Batch] = deque()
-        self._inflight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_of = slot_of
+        self._plans: list[Plan] = []
+        self._futures: list[asyncio.Future[RawResult]] = []
+        self._since = 0.0
 
     def submit(self, plan: Plan) -> asyncio.Future[RawResult]:
         """Queue ``plan``; the future resolves to its raw result or a BackendError."""
         fut: asyncio.Future[RawResult] = self._loop.create_future()
-        queue = self._queue
-        if not queue or len(queue[-1].plans) >= self._max_batch:
-            batch = _Batch()
-            # One timer per batch bounds the wait of every request in it.
-            batch.timer = self._loop.call_later(self._timeout, _expire, batch)
-            queue.append(batch)
-            if len(queue) == 1:
-                # Let the requests of this loop iteration join before sending.
-                self._loop.call_soon(self._pump)
-        batch = queue[-1]
-        batch.plans.append(plan)
-        batch.futures.append(fut)
-        if len(batch.plans) >= self._max_batch and self._inflight < self._max_inflight:
-            # Full: send now, so Redis works on it while this loop builds the next one.
-            self._pump()
+        if not self._plans:
+            # Let the requests of this loop iteration join before sending.
+            self._since = self._loop.time()
+            self._loop.call_soon(self._flush)
+        self._plans.append(plan)
+        self._futures.append(fut)
         return fut
 
-    def _pump(self) -> None:
-        while self._queue and self._inflight < self._max_inflight:
-            batch = self._queue.popleft()
-            self._inflight += 1
-            task = self._loop.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: _Batch) -> None:
-        try:
-            live = [i for i, f in enumerate(batch.futures) if not f.done()]
-            if live:
-                plans = batch.plans if len(live) == len(batch.plans) else [batch.plans[i] for i in live]
-                try:
-                    results = await self._send(plans)
-                except BaseException as exc:
-                    err = (
-                        exc if isinstance(exc, BackendError) else BackendError(f"{type(exc).__name__}: {exc}")
-                    )
-                    for i in live:
-                        fut = batch.futures[i]
-                        if not fut.done():
-                            fut.set_exception(err)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                else:
-                    for i, result in zip(live, results, strict=True):
-                        fut = batch.futures[i]
-                        if not fut.done():
-                            fut.set_result(result)
-        finally:
-            if batch.timer is not None:
-                batch.timer.cancel()
-            self._inflight -= 1
-            self._pump()
-
-    async def aclose(self) -> None:
-        """Fail what is queued and wait for calls in flight."""
-        while self._queue:
-            _expire(self._queue.popleft(), BackendError("rate limiter closed"))
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    def _flush(self) -> None:
+        plans, futures = self._plans, self._futures
+        self._plans, self._futures = [], []
+        if self._slot_of is None:
+            groups = [(0, plans, futures)]
+        else:
+            by_slot: dict[int, tuple[int, list[Plan], list[asyncio.Future[RawResult]]]] = {}
+            for plan, fut in zip(plans, futures, strict=True):
+                slot = self._slot_of(plan)
+                group = by_slot.get(slot)
+                if group is None:
+                    group = by_slot[slot] = (slot, [], [])
+                group[1].append(plan)
+                group[2].append(fut)
+            groups = list(by_slot.values())
+        size = self._max_batch
+        calls = []
+        for slot, group_plans, group_futures in groups:
+            for i in range(0, len(group_plans), size):
+                part, waiting = group_plans[i : i + size], group_futures[i : i + size]
+                keys, argv = encode(part)
+                calls.append(ScriptCall(self._script, keys, argv, _deliver(part, waiting), self._since, slot))
+        self._router.submit(calls)
 
 
-def _expire(batch: _Batch, error: BackendError | None = None) -> None:
-    err = error or BackendTimeout("Redis did not answer within the timeout budget")
-    for fut in batch.futures:
-        if not fut.done():
-            fut.set_exception(err)
+def _deliver(plans: list[Plan], futures: list[asyncio.Future[RawResult]]) -> Callable[[Any], None]:
+    def done(reply: Any) -> None:
+        if not isinstance(reply, BackendError):
+            try:
+                results = decode(reply, plans)
+            except BackendError as exc:
+                reply = exc
+            else:
+                for fut, result in zip(futures, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
+                return
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(reply)
+
+    return done

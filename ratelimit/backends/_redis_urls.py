@@ -12,11 +12,21 @@ Accepted forms (the conventions of the ``limits`` library, so its users feel at 
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["RedisTarget", "make_clients", "parse_redis_url"]
+from ._wire import Endpoint
+
+__all__ = [
+    "RedisTarget",
+    "client_endpoints",
+    "make_clients",
+    "make_sentinel",
+    "parse_redis_url",
+    "target_endpoints",
+]
 
 _SCHEMES = {
     "redis": ("standalone", False),
@@ -157,17 +167,14 @@ def make_clients(target: RedisTarget, timeout: float, aio: bool) -> tuple[Any, l
     import redis.asyncio
     import redis.asyncio.cluster
     import redis.asyncio.retry
-    import redis.asyncio.sentinel
     import redis.cluster
     import redis.retry
-    import redis.sentinel
     from redis.backoff import NoBackoff
 
     # The sync and asyncio flavours of each class, chosen once.
     r: Any = redis.asyncio if aio else redis
     Retry: Any = redis.asyncio.retry.Retry if aio else redis.retry.Retry
     cluster: Any = redis.asyncio.cluster if aio else redis.cluster
-    Sentinel: Any = redis.asyncio.sentinel.Sentinel if aio else redis.sentinel.Sentinel
 
     common: dict[str, Any] = {
         "socket_timeout": timeout,
@@ -182,12 +189,91 @@ def make_clients(target: RedisTarget, timeout: float, aio: bool) -> tuple[Any, l
         nodes = [cluster.ClusterNode(h, p) for h, p in target.hosts]
         client = cluster.RedisCluster(startup_nodes=nodes, **auth, **_tls_kwargs(target), **common)
         return client, [client]
+    sentinel = make_sentinel(target, timeout, aio)
+    client = sentinel.master_for(target.service, db=target.db, **auth, **_tls_kwargs(target), **common)
+    return client, [client, sentinel]
+
+
+def make_sentinel(target: RedisTarget, timeout: float, aio: bool) -> Any:
+    """A redis-py Sentinel manager for ``target`` (asks the sentinels where the master is)."""
+    import redis.asyncio.sentinel
+    import redis.sentinel
+
     sentinel_kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if "sentinel_password" in target.options:
         sentinel_kwargs["password"] = target.options["sentinel_password"]
     if "sentinel_username" in target.options:
         sentinel_kwargs["username"] = target.options["sentinel_username"]
     sentinel_kwargs.update(_tls_kwargs(target))
-    sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
-    client = sentinel.master_for(target.service, db=target.db, **auth, **_tls_kwargs(target), **common)
-    return client, [client, sentinel]
+    Sentinel: Any = redis.asyncio.sentinel.Sentinel if aio else redis.sentinel.Sentinel
+    return Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
+
+
+# -- endpoints for the asyncio wire (``_wire``), which does not use redis-py's clients --
+
+
+def _ssl_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """A client TLS context from redis-py's ``ssl_*`` options, with redis-py's defaults."""
+    reqs = str(options.get("ssl_cert_reqs", "required")).lower()
+    ctx = ssl.create_default_context(
+        cafile=options.get("ssl_ca_certs") or None,
+        capath=options.get("ssl_ca_path") or None,
+        cadata=options.get("ssl_ca_data") or None,
+    )
+    check = options.get("ssl_check_hostname", True)
+    ctx.check_hostname = (
+        check if isinstance(check, bool) else str(check).lower() in ("1", "true", "yes")
+    ) and (reqs == "required")
+    ctx.verify_mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(reqs, ssl.CERT_REQUIRED)
+    if options.get("ssl_certfile"):
+        ctx.load_cert_chain(
+            options["ssl_certfile"], options.get("ssl_keyfile") or None, options.get("ssl_password")
+        )
+    return ctx
+
+
+def target_endpoints(target: RedisTarget) -> list[Endpoint]:
+    """The servers a URL names: the standalone server, or a Cluster's startup nodes.
+
+    (A Sentinel URL names sentinels, not Redis servers; the master is asked of them.)
+    """
+    if target.url.lower().startswith("unix://"):
+        parts = urlsplit(target.url)
+        query = dict(parse_qsl(parts.query))
+        user, _, pw = parts.netloc.rpartition("@")[0].partition(":")
+        password = query.get("password") or (unquote(pw) if pw else None)
+        username = query.get("username") or (unquote(user) if user else None)
+        return [Endpoint(path=parts.path, username=username, password=password, db=int(query.get("db", 0)))]
+    context = _ssl_context(target.options) if target.tls else None
+    return [
+        Endpoint(h, p, None, context, None, target.username, target.password, target.db)
+        for h, p in target.hosts
+    ]
+
+
+def client_endpoints(client: Any) -> list[Endpoint]:
+    """The servers a redis-py asyncio client (standalone or Cluster) talks to, and its login."""
+    if hasattr(client, "get_nodes") and hasattr(client, "nodes_manager"):  # RedisCluster
+        nodes = client.nodes_manager.startup_nodes.values() or client.get_nodes()
+        kwargs = dict(client.connection_kwargs)
+        return [_endpoint_from_kwargs({**kwargs, "host": n.host, "port": n.port}) for n in nodes]
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    if pool.connection_class.__name__ == "SSLConnection":
+        kwargs["ssl"] = True
+    return [_endpoint_from_kwargs(kwargs)]
+
+
+def _endpoint_from_kwargs(kw: dict[str, Any]) -> Endpoint:
+    ssl_options = {k: v for k, v in kw.items() if k.startswith("ssl_") and v is not None}
+    context = _ssl_context(ssl_options) if kw.get("ssl") or ssl_options else None
+    return Endpoint(
+        str(kw.get("host", "localhost")),
+        int(kw.get("port", 6379)),
+        kw.get("path"),
+        context,
+        None,
+        kw.get("username"),
+        kw.get("password"),
+        int(kw.get("db", 0) or 0),
+    )

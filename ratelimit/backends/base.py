@@ -15,7 +15,15 @@ RawResult = tuple[bool, Sequence[int], Sequence[int]]
 
 
 class BackendError(Exception):
-    """The backend could not decide (unreachable, timed out, or answered an error)."""
+    """The backend could not decide (unreachable, timed out, or answered an error).
+
+    ``shard`` names the server that failed (``host:port``, or a socket path) when the
+    backend knows it; the limiter then opens only that shard's circuit breaker.
+    """
+
+    def __init__(self, message: str = "", shard: str | None = None) -> None:
+        super().__init__(message)
+        self.shard = shard
 
 
 @runtime_checkable

@@ -1,25 +1,37 @@
 """The Redis backend: standalone, TLS, Cluster and Sentinel; sync and asyncio.
 
-One script call decides a request, with Redis TIME as the only clock. On the asyncio
-path, concurrent requests are coalesced into shared script calls (see ``_batcher``).
-EVALSHA is used throughout; when the server does not know the script (restart,
-failover, SCRIPT FLUSH) the call is repeated once as EVAL, which also caches it.
+One script call decides a request, with Redis TIME as the only clock. The sync path uses
+redis-py, every socket wait bounded by the timeout budget. The asyncio path (the one
+ASGI and grpc.aio services use) has its own pipelined connections (``_wire``,
+``_nodes``): concurrent requests are coalesced into shared script calls
+(``_batcher``), calls are pipelined per server, and the budget bounds Redis's answer
+from the moment a call is written, never the time it waited in this process. EVALSHA
+is used throughout; when the server does not know the script (restart, failover,
+SCRIPT FLUSH) the call is repeated once as EVAL, which also caches it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._plan import Plan
-from .._scripts import lua_script
-from ._batcher import BackendTimeout, Batcher
+from .._scripts import LuaScript, lua_script
+from ._batcher import Batcher
 from ._codec import decode, encode
-from ._redis_urls import RedisTarget, make_clients, parse_redis_url
+from ._nodes import Cluster, Node, ScriptCall
+from ._redis_urls import (
+    RedisTarget,
+    client_endpoints,
+    make_clients,
+    make_sentinel,
+    parse_redis_url,
+    target_endpoints,
+)
 from ._slots import merge_slots, refund_calls, slot_groups, slot_of, subplan
+from ._wire import BackendTimeout, Endpoint
 from .base import BackendError, RawResult
 
 try:
@@ -28,24 +40,22 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the Redis backend needs redis-py: pip install 'ambient-ratelimit[redis]'") from exc
 
-_pack: Callable[..., bytes] | None
-try:
-    from hiredis import pack_command as _pack
-except ImportError:  # pragma: no cover - hiredis comes with the redis extra
-    _pack = None
-
 __all__ = ["RedisBackend"]
 
 _WINDOW = lua_script("sliding_window")
 _REFUND = lua_script("refund")
 
 
-def _error(exc: BaseException) -> BackendError:
+def _error(exc: BaseException, shard: str | None = None) -> BackendError:
     if isinstance(exc, BackendError):
         return exc
     if isinstance(exc, (RedisTimeoutError, asyncio.TimeoutError, TimeoutError)):
-        return BackendTimeout(f"Redis timed out: {exc}")
-    return BackendError(f"Redis failed: {type(exc).__name__}: {exc}")
+        return BackendTimeout(f"Redis timed out: {exc}", shard)
+    return BackendError(f"Redis failed: {type(exc).__name__}: {exc}", shard)
+
+
+def _plan_slot(plan: Plan) -> int:
+    return slot_of(plan.keys[0])
 
 
 class RedisBackend:
@@ -56,13 +66,19 @@ class RedisBackend:
             ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
             ``redis+sentinel://``). Or pass ready clients instead.
         client: a sync ``redis.Redis``/``RedisCluster`` to use instead of ``url``.
-        async_client: an asyncio client to use instead of ``url``.
-        timeout: the budget in seconds for one decision (socket connect and read).
+        async_client: a redis-py asyncio client (standalone or Cluster) whose servers
+            and login the asyncio path uses instead of ``url``'s.
+        timeout: the budget in seconds for Redis to answer one call, counted from the
+            moment the call is written to the socket (plus connecting, when a
+            connection must be made first). Time spent queued in this process is not
+            counted: see docs/failure.md.
         coalesce: batch the checks of concurrent asyncio requests into shared calls.
-        max_batch / max_inflight: batch size and the calls in flight at once.
+        max_batch: plans per script call.
+        max_inflight: unanswered script calls per server connection (pipelined); more
+            wait in this process until replies come back.
 
-    Clients made from a URL are created lazily (the asyncio one per event loop) and
-    closed by :meth:`close`/:meth:`aclose`; clients passed in are left to their owner.
+    Clients made from a URL are created lazily (the asyncio connections per event loop)
+    and closed by :meth:`close`/:meth:`aclose`; clients passed in are left to their owner.
     """
 
     name = "redis"
@@ -76,12 +92,15 @@ class RedisBackend:
         timeout: float = 0.05,
         coalesce: bool = True,
         max_batch: int = 128,
-        max_inflight: int = 2,
+        max_inflight: int = 32,
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisBackend needs a URL or a client")
         if not (isinstance(timeout, (int, float)) and 0 < timeout <= 60):
             raise ValueError(f"timeout must be a number of seconds in (0, 60], got {timeout!r}")
+        for name, value in (("max_batch", max_batch), ("max_inflight", max_inflight)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.target: RedisTarget | None = parse_redis_url(url) if url is not None else None
         self.timeout = float(timeout)
         self._client = client
@@ -92,14 +111,31 @@ class RedisBackend:
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._aclient: Any = None
+        self._router: Node | Cluster | None = None
         self._batcher: Batcher | None = None
-        self._slot_batchers: dict[int, Batcher] = {}
+        self._admin: Any = None  # a redis-py asyncio client, for delete (SCAN)
         self.cluster = self.target.kind == "cluster" if self.target else _is_cluster(client or async_client)
+        self.sharded = self.cluster
+        """Several servers hold the counters: the limiter keeps a circuit breaker per server."""
+        self.metrics: Any = None  # a ratelimit.metrics.Metrics, set by the Limiter
 
     def __repr__(self) -> str:
         where = self.target.redacted() if self.target else "given client"
         return f"RedisBackend({where!r}, timeout={self.timeout})"
+
+    def shard_of(self, plan: Plan) -> str | None:
+        """The server (``host:port``) holding ``plan``'s first counter on a Cluster, if known."""
+        if not self.cluster:
+            return None
+        slot = slot_of(plan.keys[0])
+        if isinstance(self._router, Cluster):
+            found = self._router.shard_of(slot)
+            if found is not None:
+                return found
+        if self._client is not None:
+            with contextlib.suppress(Exception):  # no slot map yet
+                return str(self._client.nodes_manager.get_node_from_slot(slot).name)
+        return None
 
     # -- clients -----------------------------------------------------------------
 
@@ -112,70 +148,98 @@ class RedisBackend:
             self._client, self._closers = make_clients(self.target, self.timeout, aio=False)
         return self._client
 
-    def _batcher_for(self, plan: Plan) -> Batcher | None:
-        """The batcher that may carry ``plan``: one per loop, or per hash slot on a cluster."""
-        _, batcher = self._async_state()
-        if not self._coalesce:
-            return None
-        if not self.cluster:
-            return batcher
-        groups = slot_groups(plan)
-        if len(groups) > 1:
-            return None  # cross-slot: decided per slot, see _aevaluate_cross_slot
-        slot = slot_of(plan.keys[0])
-        found = self._slot_batchers.get(slot)
-        if found is None:
-            assert self._loop is not None
-            found = self._slot_batchers[slot] = Batcher(
-                self._asend, self._loop, self.timeout, self._max_batch, self._max_inflight
-            )
-        return found
-
-    def _async_state(self) -> tuple[Any, Batcher | None]:
+    def _async_state(self) -> Batcher:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        if loop is not self._loop or self._batcher is None:
             # A new event loop (or the first): its own connections and batcher.
             self._loop = loop
-            if self._given_async is not None:
-                self._aclient = self._given_async
-            elif self.target is not None:
-                # Socket reads may take longer than the budget; the batch timer still
-                # answers every request within it, and a slow reply is not torn down.
-                self._aclient, self._aclosers = make_clients(self.target, max(self.timeout, 0.25), aio=True)
-            else:
-                raise BackendError("no asyncio Redis client: pass async_client= or a URL")
-            self._slot_batchers = {}
-            use_batcher = self._coalesce and not self.cluster
-            self._batcher = (
-                Batcher(self._asend, loop, self.timeout, self._max_batch, self._max_inflight)
-                if use_batcher
-                else None
+            self._router = self._make_router(loop)
+            self._batcher = Batcher(
+                loop,
+                self._router,
+                _WINDOW,
+                self._max_batch if self._coalesce else 1,
+                _plan_slot if self.cluster else None,
             )
-        return self._aclient, self._batcher
+        return self._batcher
+
+    def _make_router(self, loop: asyncio.AbstractEventLoop) -> Node | Cluster:
+        observe = self._observe
+        if self._given_async is not None:
+            endpoints = client_endpoints(self._given_async)
+        elif self.target is not None and self.target.kind == "sentinel":
+            return Node(
+                loop,
+                self._sentinel_master(),
+                f"sentinel:{self.target.service}",
+                self.timeout,
+                self._max_inflight,
+                observe,
+            )
+        elif self.target is not None:
+            endpoints = target_endpoints(self.target)
+        else:
+            raise BackendError("no asyncio Redis client: pass async_client= or a URL")
+        if self.cluster:
+            return Cluster(loop, endpoints, self.timeout, self._max_inflight, observe)
+        endpoint = endpoints[0]
+
+        async def resolve() -> Endpoint:
+            return endpoint
+
+        return Node(loop, resolve, endpoint.address, self.timeout, self._max_inflight, observe)
+
+    def _sentinel_master(self) -> Callable[[], Any]:
+        target = self.target
+        assert target is not None
+        sentinel = make_sentinel(target, self.timeout, aio=True)
+        self._aclosers.append(sentinel)
+        template = target_endpoints(target)[0]
+
+        async def resolve() -> Endpoint:
+            host, port = await sentinel.discover_master(target.service)
+            return template.moved(f"{host}:{port}")
+
+        return resolve
+
+    def _observe(self, queued: float, in_redis: float) -> None:
+        if self.metrics is not None:
+            self.metrics.backend_phases(self.name, queued, in_redis)
 
     # -- sync --------------------------------------------------------------------
 
-    def _call(self, client: Any, keys: list[str], argv: list[Any], script: Any = _WINDOW) -> Any:
+    def _call(
+        self,
+        client: Any,
+        keys: list[str],
+        argv: list[Any],
+        script: LuaScript = _WINDOW,
+        shard: str | None = None,
+    ) -> Any:
         try:
             try:
                 return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
             except NoScriptError:
                 return client.execute_command("EVAL", script.source, len(keys), *keys, *argv)
         except Exception as exc:
-            raise _error(exc) from exc
+            raise _error(exc, shard) from exc
 
     def evaluate(self, plan: Plan) -> RawResult:
         """Decide ``plan`` with one script call (per hash slot on a cluster)."""
+        shard = None
         if self.cluster:
             groups = slot_groups(plan)
             if len(groups) > 1:
                 return self._evaluate_crossslot_of(plan, groups)
+            shard = self.shard_of(plan)
         keys, argv = encode((plan,))
-        return decode(self._call(self.client, keys, argv), (plan,))[0]
+        return decode(self._call(self.client, keys, argv, _WINDOW, shard), (plan,))[0]
 
     def _evaluate_crossslot_of(self, plan: Plan, groups: list[list[int]]) -> RawResult:
         parts = [subplan(plan, g) for g in groups]
-        results = [decode(self._call(self.client, *encode((p,))), (p,))[0] for p in parts]
+        results = [
+            decode(self._call(self.client, *encode((p,)), _WINDOW, self.shard_of(p)), (p,))[0] for p in parts
+        ]
         merged, refunds = merge_slots(plan, groups, parts, results)
         for _, (keys, argv) in refunds:
             self._call(self.client, keys, argv, _REFUND)
@@ -185,12 +249,6 @@ class RedisBackend:
         """Give back what ``plan`` charged (``lua/refund.lua``, one call per hash slot)."""
         for keys, argv in refund_calls(plan, nows, self.cluster):
             self._call(self.client, keys, argv, _REFUND)
-
-    async def arefund(self, plan: Plan, nows: Sequence[int]) -> None:
-        """Async :meth:`refund`."""
-        client, _ = self._async_state()
-        for keys, argv in refund_calls(plan, nows, self.cluster):
-            await self._acall(client, keys, argv, _REFUND)
 
     def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
         """Delete counters by key and by literal key prefix (via SCAN)."""
@@ -209,101 +267,84 @@ class RedisBackend:
 
     # -- asyncio -----------------------------------------------------------------
 
-    async def _acall(self, client: Any, keys: list[str], argv: list[Any], script: Any = _WINDOW) -> Any:
-        try:
-            try:
-                return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *argv)
-            except NoScriptError:
-                return await client.execute_command("EVAL", script.source, len(keys), *keys, *argv)
-        except Exception as exc:
-            raise _error(exc) from exc
-
-    async def _asend(self, plans: Sequence[Plan]) -> list[RawResult]:
-        keys, argv = encode(plans)
-        if self.cluster or _pack is None:
-            return decode(await self._acall(self._aclient, keys, argv), plans)
-        return decode(await self._araw(self._aclient, keys, argv), plans)
-
-    async def _araw(self, client: Any, keys: list[str], argv: list[Any]) -> Any:
-        """EVALSHA packed by hiredis (in C) and sent on a pooled connection.
-
-        redis-py's asyncio client packs every argument in Python, which cost more than
-        everything else a coalesced request does; a batch is one command, so packing it
-        in one C call and skipping the per-command machinery is the fast path.
-        """
-        pack = _pack
-        assert pack is not None
-        pool = client.connection_pool
-        try:
-            conn = await pool.get_connection()
-            try:
-                try:
-                    await conn.send_packed_command(
-                        pack(("EVALSHA", _WINDOW.sha, len(keys), *keys, *argv)), False
-                    )
-                    return await conn.read_response()
-                except NoScriptError:
-                    await conn.send_packed_command(
-                        pack(("EVAL", _WINDOW.source, len(keys), *keys, *argv)), False
-                    )
-                    return await conn.read_response()
-            except BaseException:
-                await conn.disconnect()
-                raise
-            finally:
-                await pool.release(conn)
-        except Exception as exc:
-            raise _error(exc) from exc
-
     async def aevaluate(self, plan: Plan) -> RawResult:
         """Decide ``plan``; concurrent calls share script calls when coalescing."""
-        if self._batcher is not None and asyncio.get_running_loop() is self._loop:
-            return await self._batcher.submit(plan)  # the hot path: standalone, same loop
-        batcher = self._batcher_for(plan)
-        if batcher is not None:
-            return await batcher.submit(plan)
-        client = self._aclient
-        try:
-            return await _bounded(self._aevaluate_direct(client, plan), self.timeout)  # type: ignore[no-any-return]
-        except (asyncio.TimeoutError, TimeoutError) as exc:
-            raise BackendTimeout("Redis did not answer within the timeout budget") from exc
-
-    async def _aevaluate_direct(self, client: Any, plan: Plan) -> RawResult:
-        if self.cluster:
+        batcher = self._batcher
+        if batcher is None or asyncio.get_running_loop() is not self._loop:
+            batcher = self._async_state()
+        if self.cluster and len(plan.keys) > 1:
             groups = slot_groups(plan)
             if len(groups) > 1:
-                return await self._aevaluate_crossslot_of(client, plan, groups)
-        keys, argv = encode((plan,))
-        return decode(await self._acall(client, keys, argv), (plan,))[0]
+                return await self._aevaluate_crossslot_of(batcher, plan, groups)
+        return await batcher.submit(plan)
 
-    async def _aevaluate_crossslot_of(self, client: Any, plan: Plan, groups: list[list[int]]) -> RawResult:
+    async def _aevaluate_crossslot_of(
+        self, batcher: Batcher, plan: Plan, groups: list[list[int]]
+    ) -> RawResult:
         parts = [subplan(plan, g) for g in groups]
-        replies = await asyncio.gather(*(self._acall(client, *encode((p,))) for p in parts))
-        results = [decode(r, (p,))[0] for r, p in zip(replies, parts, strict=True)]
+        replies = await asyncio.gather(*(batcher.submit(p) for p in parts), return_exceptions=True)
+        failed = [r for r in replies if isinstance(r, BaseException)]
+        if failed:
+            # Give back what the slots that answered charged, so the request consumes nothing.
+            for part, reply in zip(parts, replies, strict=True):
+                if not isinstance(reply, BaseException) and reply[0] and part.commit:
+                    with contextlib.suppress(BackendError):
+                        await self.arefund(part, reply[1])
+            raise _error(failed[0])
+        results: list[RawResult] = [r for r in replies if not isinstance(r, BaseException)]
         merged, refunds = merge_slots(plan, groups, parts, results)
-        await asyncio.gather(*(self._acall(client, k, a, _REFUND) for _, (k, a) in refunds))
+        await asyncio.gather(*(self._ascript(_REFUND, k, a) for _, (k, a) in refunds))
         return merged
 
+    async def _ascript(self, script: LuaScript, keys: list[str], argv: list[Any]) -> Any:
+        """One script call outside the batches (refunds), through the same connections."""
+        self._async_state()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def done(reply: Any) -> None:
+            if not fut.done():
+                fut.set_result(reply)
+
+        assert self._router is not None
+        slot = slot_of(keys[0]) if self.cluster else 0
+        self._router.submit([ScriptCall(script, keys, argv, done, loop.time(), slot)])
+        reply = await fut
+        if isinstance(reply, BackendError):
+            raise reply
+        return reply
+
+    async def arefund(self, plan: Plan, nows: Sequence[int]) -> None:
+        """Async :meth:`refund`."""
+        for keys, argv in refund_calls(plan, nows, self.cluster):
+            await self._ascript(_REFUND, keys, argv)
+
     async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
-        """Delete counters by key and by literal key prefix (via SCAN)."""
-        client, _ = self._async_state()
+        """Delete counters by key and by literal key prefix (via SCAN, on redis-py)."""
+        if self._admin is None:
+            if self._given_async is not None:
+                self._admin = self._given_async
+            elif self.target is not None:
+                self._admin, closers = make_clients(self.target, max(self.timeout, 1.0), aio=True)
+                self._aclosers += closers
+            else:
+                raise BackendError("no asyncio Redis client: pass async_client= or a URL")
         try:
-            return await _delete_async(client, keys, prefixes)
+            return await _delete_async(self._admin, keys, prefixes)
         except Exception as exc:
             raise _error(exc) from exc
 
     async def aclose(self) -> None:
-        """Drain the batcher and close the clients this backend made."""
-        for batcher in [self._batcher, *self._slot_batchers.values()]:
-            if batcher is not None:
-                await batcher.aclose()
+        """Close the connections this backend made (clients passed in stay open)."""
+        router, self._router = self._router, None
         self._batcher = None
-        self._slot_batchers = {}
+        if router is not None and self._loop is asyncio.get_running_loop():
+            await router.aclose()
         for obj in self._aclosers:
             with contextlib.suppress(Exception):  # closing a broken connection may fail
                 await obj.aclose()
         self._aclosers = []
-        self._aclient = None
+        self._admin = None
         self._loop = None
         self.close()
 
@@ -318,13 +359,6 @@ def _close_quietly(obj: Any) -> None:
 
 def _is_cluster(client: Any) -> bool:
     return type(client).__name__ == "RedisCluster"
-
-
-async def _bounded(coro: Any, seconds: float) -> Any:
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(seconds):
-            return await coro
-    return await asyncio.wait_for(coro, seconds)  # pragma: no cover - Python 3.10
 
 
 def _delete_sync(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> int:

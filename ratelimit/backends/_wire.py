@@ -1,0 +1,239 @@
+"""One pipelined RESP connection to one Redis server, for the asyncio hot path.
+
+Why not redis-py's asyncio connection here: the timeout budget must bound how long Redis
+takes to answer, never how busy this event loop is. redis-py reads replies in a task
+that the loop resumes *after* its timers of the same iteration, so a budget timer fires
+before a reply that arrived in time is read, and a busy loop turns a healthy Redis into
+timeouts. This connection parses replies in ``data_received`` (hiredis, in C), which the
+loop runs before that iteration's timers: a reply that reached the socket before the
+deadline is always seen before the deadline is checked.
+
+Commands are pipelined: they are written as soon as they are ready, replies are matched
+to them in order, and each carries its own deadline from the moment it was written.
+When the oldest command outlives its deadline the connection is closed and every
+command on it fails with :class:`BackendTimeout`: replies are ordered, so one lost
+reply makes the rest unreadable. A failed command may or may not have run on Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .base import BackendError
+
+try:
+    import hiredis
+except ImportError as exc:  # pragma: no cover - hiredis comes with the redis extra
+    raise ImportError("the Redis backend needs hiredis: pip install 'ambient-ratelimit[redis]'") from exc
+
+__all__ = ["BackendTimeout", "Connection", "Endpoint", "ReplyError", "WireError", "open_connection"]
+
+pack_command: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
+
+OnReply = Callable[[Any], None]
+"""Called with a command's reply: a value, a :class:`ReplyError`, or a BackendError."""
+
+
+class WireError(BackendError):
+    """The connection to one server failed (``shard`` names it)."""
+
+
+class BackendTimeout(WireError):
+    """The backend did not answer within the timeout budget."""
+
+
+class ReplyError(Exception):
+    """An error reply from Redis (``-ERR ...``, ``-MOVED ...``, ``-NOSCRIPT ...``)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one Redis server listens and how to log in."""
+
+    host: str = "localhost"
+    port: int = 6379
+    path: str | None = None  # a unix socket instead of host:port
+    ssl: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+
+    @property
+    def address(self) -> str:
+        """``host:port`` or the socket path: the shard name used by breakers and errors."""
+        return self.path if self.path is not None else f"{self.host}:{self.port}"
+
+    def moved(self, address: str) -> Endpoint:
+        """The same credentials at another ``host:port`` (a Cluster redirect)."""
+        host, _, port = address.rpartition(":")
+        return Endpoint(
+            host or self.host, int(port), None, self.ssl, None, self.username, self.password, self.db
+        )
+
+
+class _Pending:
+    __slots__ = ("deadline", "on_reply")
+
+    def __init__(self, on_reply: OnReply, deadline: float) -> None:
+        self.on_reply = on_reply
+        self.deadline = deadline
+
+
+class Connection(asyncio.Protocol):
+    """A pipelined RESP2 connection (see the module docstring). Build it with :func:`open_connection`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: str) -> None:
+        self._loop = loop
+        self.address = address
+        self._reader = hiredis.Reader(replyError=ReplyError)
+        self._pending: deque[_Pending] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed: BackendError | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        pending = self._pending
+        try:
+            while pending:
+                reply = reader.gets()
+                if reply is False:
+                    break
+                pending.popleft().on_reply(reply)
+        except hiredis.ProtocolError as exc:
+            self._fail(WireError(f"Redis protocol error from {self.address}: {exc}", self.address))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        why = f": {exc}" if exc else ""
+        self._fail(WireError(f"connection to Redis at {self.address} lost{why}", self.address))
+
+    # -- commands -------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Open and not failed: new commands may be written."""
+        return self._closed is None and self._transport is not None and not self._transport.is_closing()
+
+    @property
+    def in_flight(self) -> int:
+        """Commands written whose replies have not arrived."""
+        return len(self._pending)
+
+    def send(self, packed: bytes, replies: Sequence[OnReply], budget: float) -> None:
+        """Write ``packed`` (one or more commands); ``replies`` get their answers in order.
+
+        Every command must be answered within ``budget`` seconds from now, else the
+        connection closes and each gets :class:`BackendTimeout`.
+        """
+        if self._closed is not None:
+            for on_reply in replies:
+                on_reply(self._closed)
+            return
+        assert self._transport is not None
+        deadline = self._loop.time() + budget
+        self._pending.extend(_Pending(r, deadline) for r in replies)
+        self._transport.write(packed)
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if not self._pending:
+            return
+        head = self._pending[0].deadline
+        if head > self._loop.time():
+            self._timer = self._loop.call_at(head, self._check_deadline)
+            return
+        self._fail(BackendTimeout(f"Redis at {self.address} did not answer within the budget", self.address))
+
+    def _fail(self, error: BackendError) -> None:
+        if self._closed is None:
+            self._closed = error
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.abort()
+        pending, self._pending = self._pending, deque()
+        for p in pending:
+            p.on_reply(error)
+
+    def close(self) -> None:
+        """Close the connection; commands still waiting fail."""
+        self._fail(WireError(f"connection to Redis at {self.address} closed", self.address))
+
+    async def call(self, *args: Any, budget: float) -> Any:
+        """One command, awaited (the handshake and rare commands; the hot path uses :meth:`send`)."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self.send(pack_command(args), [_resolver(fut)], budget)
+        reply = await fut
+        if isinstance(reply, BackendError):
+            raise reply
+        return reply  # a ReplyError is returned, for the caller to judge
+
+
+def _resolver(fut: asyncio.Future[Any]) -> OnReply:
+    def on_reply(reply: Any) -> None:
+        if not fut.done():
+            fut.set_result(reply)
+
+    return on_reply
+
+
+async def open_connection(endpoint: Endpoint, budget: float) -> Connection:
+    """Connect and log in (AUTH, SELECT) within ``budget`` seconds, or raise :class:`WireError`."""
+    loop = asyncio.get_running_loop()
+    address = endpoint.address
+
+    def factory() -> Connection:
+        return Connection(loop, address)
+
+    try:
+        if endpoint.path is not None:
+            connecting = loop.create_unix_connection(factory, endpoint.path, ssl=endpoint.ssl)
+        else:
+            connecting = loop.create_connection(
+                factory,
+                endpoint.host,
+                endpoint.port,
+                ssl=endpoint.ssl,
+                server_hostname=(endpoint.server_hostname or endpoint.host) if endpoint.ssl else None,
+            )
+        _, conn = await asyncio.wait_for(connecting, budget)
+    except (asyncio.TimeoutError, TimeoutError) as exc:
+        raise BackendTimeout(f"connecting to Redis at {address} took over {budget}s", address) from exc
+    except (OSError, ssl.SSLError) as exc:
+        raise WireError(f"cannot connect to Redis at {address}: {exc}", address) from exc
+    try:
+        if endpoint.password is not None:
+            auth = (
+                ("AUTH", endpoint.username, endpoint.password)
+                if endpoint.username
+                else ("AUTH", endpoint.password)
+            )
+            _check(await conn.call(*auth, budget=budget), address)
+        if endpoint.db:
+            _check(await conn.call("SELECT", endpoint.db, budget=budget), address)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check(reply: Any, address: str) -> Any:
+    if isinstance(reply, ReplyError):
+        raise WireError(f"Redis at {address} refused the login: {reply}", address)
+    return reply
