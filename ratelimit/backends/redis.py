@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,6 +106,7 @@ class RedisBackend:
         self.timeout = float(timeout)
         self._client = client
         self._closers: list[Any] = []  # what this backend made (sync)
+        self._client_lock = threading.Lock()  # threads' first hits must make one client, not one each
         self._aclosers: list[Any] = []  # what this backend made (asyncio)
         self._given_async = async_client
         self._coalesce = coalesce
@@ -145,7 +147,9 @@ class RedisBackend:
         if self._client is None:
             if self.target is None:
                 raise BackendError("no sync Redis client: pass client= or a URL")
-            self._client, self._closers = make_clients(self.target, self.timeout, aio=False)
+            with self._client_lock:
+                if self._client is None:
+                    self._client, self._closers = make_clients(self.target, self.timeout, aio=False)
         return self._client
 
     def _async_state(self) -> Batcher:
@@ -203,8 +207,10 @@ class RedisBackend:
         return resolve
 
     def _observe(self, queued: float, in_redis: float) -> None:
-        if self.metrics is not None:
-            self.metrics.backend_phases(self.name, queued, in_redis)
+        # Metrics objects written before backend_phases existed simply do not get it.
+        record = getattr(self.metrics, "backend_phases", None)
+        if record is not None:
+            record(self.name, queued, in_redis)
 
     # -- sync --------------------------------------------------------------------
 
