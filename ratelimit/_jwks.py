@@ -5,20 +5,29 @@ curve, OKP or an HMAC secret). An algorithm may only ever be verified with a key
 own family, which is what makes the RS256 -> HS256 confusion attack impossible: an RSA
 key is never handed to HMAC, whatever the token header says.
 
+The JWKS URL is fetched by a small HTTP/1.1 client whose every socket operation shares
+one deadline (``fetch_timeout``), on a dedicated pair of threads, one fetch at a time
+per URL however many requests wait for it (:class:`JWKSCache`).
+
 Needs PyJWT and cryptography, imported lazily (see :mod:`ratelimit._jwt`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import json
 import logging
+import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from ._jwks_http import http_get as _http_get  # a module global, so tests can stand in for it
 
 __all__ = ["ALGORITHM_FAMILIES", "HMAC_MIN_BYTES", "JWKSCache", "VerificationKey", "load_keys", "parse_jwks"]
 
@@ -35,7 +44,7 @@ HMAC_MIN_BYTES: dict[str, int] = {"HS256": 32, "HS384": 48, "HS512": 64}
 """RFC 7518 section 3.2: an HMAC secret at least as long as the hash output."""
 
 RSA_MIN_BITS = 2048
-MAX_JWKS_BYTES = 1 << 20
+_FETCH_WORKERS = 2  # one fetch in flight per JWKSCache; a second cache need not queue behind it
 
 
 @dataclass(frozen=True)
@@ -172,21 +181,70 @@ def load_keys(key: Any, *, secret_ok: bool) -> list[VerificationKey]:
     raise TypeError(f"unsupported key type {type(key).__name__}")
 
 
+# ---------------------------------------------------------------------------- where fetches run
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _fetch_pool() -> ThreadPoolExecutor:
+    """The small pool every JWKS fetch runs on, never an event loop's default executor."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            # A forked child inherits the pool but not its threads: work queued on it would never run.
+            _pool = (os.getpid(), ThreadPoolExecutor(_FETCH_WORKERS, thread_name_prefix="ratelimit-jwks"))
+        return _pool[1]
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _landed(flight: Future[None], timeout: float) -> None:
+    """Wait at most ``timeout`` seconds for ``flight``, holding no thread meanwhile."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    # Not asyncio.wrap_future: its callback raises (and concurrent.futures logs it) when a
+    # fetch lands after the loop that gave up on it has closed.
+    def wake(_: Future[None]) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, waiter)
+
+    if timeout > 0:
+        flight.add_done_callback(wake)
+        await asyncio.wait((waiter,), timeout=timeout)
+
+
+# ---------------------------------------------------------------------------- the cache
+
+
 class JWKSCache:
     """The keys published at a JWKS URL, fetched lazily and cached.
 
     Every fetch attempt, successful or not, is at most one per ``min_refresh_interval``, so
     neither a flood of unknown ``kid`` values nor a down IdP turns into a request storm.
-    A failed fetch keeps the previous keys. One lock serialises fetches: concurrent
-    callers wait for the fetch in flight instead of starting their own.
+    A failed fetch keeps the previous keys.
+
+    Fetches are single-flight and run on a small dedicated thread pool (threads named
+    ``ratelimit-jwks_N``), never on the caller's thread nor an event loop's default
+    executor. Callers that need keys while a fetch is in flight, threads and asyncio
+    tasks alike, wait for that fetch instead of starting their own. One fetch has
+    ``timeout`` seconds in all (name resolution, connect, TLS, headers and body), and
+    no caller waits longer than ``timeout`` for fetches: when one has not landed by then
+    (it was queued behind another cache's fetch, or the resolver hangs, which nothing
+    can interrupt), the caller goes on with the keys it has. A fetch that succeeds after
+    its callers stopped waiting still fills the cache.
 
     Args:
-        url: the JWKS endpoint (http or https).
+        url: the JWKS endpoint (http or https). Redirects are not followed.
         ttl: seconds before cached keys are fetched again.
         min_refresh_interval: minimum seconds between two fetch attempts.
-        timeout: socket timeout for connect and each read; the whole body must arrive
-            within it too (DNS resolution is not covered by any urllib timeout).
-        clock: monotonic seconds, injectable for tests.
+        timeout: the budget of one fetch, and the longest a caller waits for fetches.
+        clock: monotonic seconds for ``ttl`` and ``min_refresh_interval``, injectable for
+            tests (waits always use the real :func:`time.monotonic`).
     """
 
     def __init__(
@@ -207,6 +265,9 @@ class JWKSCache:
         # (keys, fetched_at) replaced as one tuple so lock-free readers see a consistent pair.
         self._state: tuple[list[VerificationKey] | None, float] = (None, 0.0)
         self._last_attempt: float | None = None
+        # The fetch in flight and the pid that started it: a forked child must not wait
+        # for a fetch whose thread stayed in the parent.
+        self._flight: tuple[int, Future[None] | None] = (0, None)
 
     @property
     def keys(self) -> list[VerificationKey]:
@@ -223,47 +284,57 @@ class JWKSCache:
         last = self._last_attempt
         return last is None or self._clock() - last >= self._min_interval
 
-    def refresh(self, *, wait: bool = True) -> None:
-        """Fetch the keys now if allowed. Blocking I/O: call it from a thread in async code.
+    def deadline(self) -> float:
+        """The :func:`time.monotonic` time until which a caller arriving now may wait."""
+        return time.monotonic() + self._timeout
 
-        With ``wait=False`` return at once when another thread is already fetching.
+    def refresh(self, *, wait: bool = True, deadline: float | None = None) -> None:
+        """Fetch the keys if allowed, or join the fetch in flight; blocks at most ``timeout``.
+
+        Args:
+            wait: ``False`` returns at once when a fetch is already in flight (for a caller
+                with keys to go on with); a fetch this call starts is still waited for.
+            deadline: from :meth:`deadline`, so that several calls for one request share
+                one wait budget.
         """
-        if not self._lock.acquire(blocking=wait):
-            return
-        try:
-            # Re-checked under the lock: whoever waited for the fetch in flight is done.
-            if not self.may_refresh():
-                return
-            try:
-                self._state = (parse_jwks(self._fetch(), strict=False), self._clock())
-            except Exception as exc:  # network, HTTP status, JSON, key material: all the same
-                log.warning(
-                    "JWKS fetch from %s failed, keeping %d cached key(s): %s", self.url, len(self.keys), exc
-                )
-            finally:
-                # Stamped when the attempt ends, so callers arriving mid-fetch still ask to
-                # refresh, queue on the lock and then find the fresh keys.
-                self._last_attempt = self._clock()
-        finally:
-            self._lock.release()
+        flight = self._join(wait)
+        if flight is not None:
+            concurrent.futures.wait((flight,), timeout=self._wait_time(deadline))
 
-    def _fetch(self) -> Any:
-        deadline = time.monotonic() + self._timeout
-        request = urllib.request.Request(
-            self.url, headers={"Accept": "application/json", "User-Agent": "ambient-ratelimit"}
-        )
-        body = bytearray()
+    async def arefresh(self, *, wait: bool = True, deadline: float | None = None) -> None:
+        """Like :meth:`refresh`, awaiting the fetch: the event loop runs on meanwhile."""
+        flight = self._join(wait)
+        if flight is not None:
+            await _landed(flight, self._wait_time(deadline))
+
+    def _wait_time(self, deadline: float | None) -> float:
+        return self._timeout if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _join(self, wait: bool) -> Future[None] | None:
+        """The fetch to wait for: the one in flight, or one started now; None for neither."""
+        with self._lock:
+            pid, flight = self._flight
+            if flight is not None and pid == os.getpid() and not flight.done():
+                return flight if wait else None
+            # Re-checked under the lock: a fetch that just landed has stamped its attempt.
+            if not self.may_refresh():
+                return None
+            try:
+                flight = _fetch_pool().submit(self._attempt)
+            except RuntimeError:  # the interpreter is shutting down
+                return None
+            self._flight = (os.getpid(), flight)
+            return flight
+
+    def _attempt(self) -> None:
         try:
-            response = urllib.request.urlopen(request, timeout=self._timeout)
-        except urllib.error.HTTPError as exc:
-            exc.close()  # it holds the response body open
-            raise ValueError(f"HTTP {exc.code}") from None
-        with response:
-            while chunk := response.read1(65536):
-                body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    raise ValueError(f"JWKS larger than {MAX_JWKS_BYTES} bytes")
-                # A server trickling bytes would otherwise reset the socket timeout forever.
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"JWKS body not received within {self._timeout}s")
-        return json.loads(body)
+            document = json.loads(_http_get(self.url, self._timeout))
+            self._state = (parse_jwks(document, strict=False), self._clock())
+        except Exception as exc:  # network, HTTP status, JSON, key material: all the same
+            log.warning(
+                "JWKS fetch from %s failed, keeping %d cached key(s): %s", self.url, len(self.keys), exc
+            )
+        finally:
+            # Stamped when the attempt ends, so callers arriving mid-fetch still ask to
+            # refresh, join the fetch in flight and then find the fresh keys.
+            self._last_attempt = self._clock()

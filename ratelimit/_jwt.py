@@ -13,7 +13,6 @@ Needs PyJWT with cryptography (``pip install 'ambient-ratelimit[jwt]'``), import
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import math
@@ -39,7 +38,6 @@ _BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
 
 
 class _Need(enum.Enum):
-    FETCH = enum.auto()  # a JWKS fetch may help: retry with may_fetch=True (in a thread)
     OTHER_KEY = enum.auto()  # the signature does not match this key: try the next one
 
 
@@ -97,7 +95,10 @@ class JWTVerifier:
         jwks_ttl: seconds before the JWKS is fetched again.
         jwks_min_refresh_interval: minimum seconds between fetch attempts; an unknown
             ``kid`` refreshes only this often, so random kids cannot hammer the IdP.
-        fetch_timeout: seconds allowed for connecting to and reading the JWKS.
+        fetch_timeout: the budget of one JWKS fetch in seconds: name resolution, connect,
+            TLS, headers and body together, however slowly the server sends them. It is
+            also the longest a request waits for fetches; when keys are not in by then,
+            the request goes on with the cached keys, or, having none, no identity.
         verify: ``False`` DANGEROUSLY skips the signature check. Only for tokens already
             verified upstream (an Istio waypoint with ``RequestAuthentication`` and
             ``forwardOriginalToken: true``) on a path no client can reach directly: any
@@ -194,23 +195,38 @@ class JWTVerifier:
     def verify(self, token: str) -> dict[str, Any] | None:
         """The claims of a valid token, else ``None``; never raises for a bad token.
 
-        May fetch the JWKS (blocking, bounded by ``fetch_timeout``); use :meth:`averify`
-        in async code.
+        May wait for a JWKS fetch, at most ``fetch_timeout`` seconds (the fetch itself runs
+        on a dedicated thread); use :meth:`averify` in async code.
         """
-        result = self._verify(token, may_fetch=True)
-        return None if result is _Need.FETCH else result
+        header = self._header(token)
+        jwks = self._jwks
+        if header is not None and jwks is not None:
+            deadline = jwks.deadline()
+            if jwks.is_stale() and jwks.may_refresh():
+                # With keys in hand, let whoever is already refreshing do it and go on.
+                jwks.refresh(wait=not jwks.keys, deadline=deadline)
+            if self._kid_unknown(header[1]) and jwks.may_refresh():
+                jwks.refresh(deadline=deadline)
+        return None if header is None else self._check(token, *header)
 
     async def averify(self, token: str) -> dict[str, Any] | None:
-        """Like :meth:`verify`, but any JWKS fetch runs in a worker thread.
+        """Like :meth:`verify`, but a JWKS fetch is awaited while the event loop runs on.
 
-        Tokens whose keys are cached are verified inline (a signature check, no I/O).
+        The fetch never occupies the loop's default executor, and concurrent calls share
+        one fetch. Tokens whose keys are cached are verified inline (a signature check).
         """
-        result = self._verify(token, may_fetch=False)
-        if result is _Need.FETCH:
-            result = await asyncio.to_thread(self._verify, token, may_fetch=True)
-        return None if result is _Need.FETCH else result
+        header = self._header(token)
+        jwks = self._jwks
+        if header is not None and jwks is not None:
+            deadline = jwks.deadline()
+            if jwks.is_stale() and jwks.may_refresh():
+                await jwks.arefresh(wait=not jwks.keys, deadline=deadline)
+            if self._kid_unknown(header[1]) and jwks.may_refresh():
+                await jwks.arefresh(deadline=deadline)
+        return None if header is None else self._check(token, *header)
 
-    def _verify(self, token: str, *, may_fetch: bool) -> dict[str, Any] | Literal[_Need.FETCH] | None:
+    def _header(self, token: str) -> tuple[str, str | None] | None:
+        """The ``alg`` and ``kid`` of a token worth checking further, else None."""
         if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH or token.count(".") != 2:
             return None
         try:
@@ -220,29 +236,21 @@ class JWTVerifier:
         except Exception:
             return None
         alg, kid = header.get("alg"), header.get("kid")
-        if not isinstance(alg, str):
+        if not isinstance(alg, str) or not isinstance(kid, (str, type(None))):
             return None
+        if self._verify_signature and alg not in self._algorithms:
+            return None
+        return alg, kid
+
+    def _kid_unknown(self, kid: str | None) -> bool:
+        """True when ``kid`` names no cached JWKS key: a rotation a refresh may pick up."""
+        return self._jwks is not None and kid is not None and all(k.kid != kid for k in self._jwks.keys)
+
+    def _check(self, token: str, alg: str, kid: str | None) -> dict[str, Any] | None:
         if not self._verify_signature:
             unverified = self._decode(token, None, None)
             return None if unverified is _Need.OTHER_KEY else unverified
-        if alg not in self._algorithms:
-            return None
-
-        keys = self._static_keys
-        if self._jwks is not None:
-            jwks = self._jwks
-            if jwks.is_stale() and jwks.may_refresh():
-                if not may_fetch:
-                    return _Need.FETCH
-                # With keys in hand, let whoever is already refreshing do it and go on.
-                jwks.refresh(wait=not jwks.keys)
-            keys = jwks.keys
-            if kid is not None and all(k.kid != kid for k in keys) and jwks.may_refresh():
-                if not may_fetch:
-                    return _Need.FETCH
-                jwks.refresh()
-                keys = jwks.keys
-
+        keys = self._jwks.keys if self._jwks is not None else self._static_keys
         candidates = [k for k in keys if k.kid == kid] if kid is not None else keys
         if not candidates:
             candidates = [k for k in keys if k.kid is None]
