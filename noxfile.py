@@ -6,8 +6,8 @@ Sessions, in the order a bare ``nox`` runs them:
   (the one ``pip install -e '.[dev]'`` just filled).
 - ``compat-3.N``: every other supported Python, each in a fresh venv: every module of
   the package compiled and imported (a syntax that only a newer Python accepts fails
-  here), then the suite without the Cluster and Sentinel fixtures, which are the slow
-  ones and exercise no interpreter-specific code of ours.
+  here), then the suite without the Cluster and Sentinel fixtures and the ``slow``
+  tests (real servers under load), which exercise no interpreter-specific code of ours.
 - ``build``: the sdist and the wheel, checked with ``twine check --strict`` and for
   their contents and metadata (version, classifiers, Lua scripts, ``py.typed``).
 - ``wheel-3.N``: for every supported Python, a fresh venv with the built wheel
@@ -92,7 +92,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=OTHERS)
 def compat(session: nox.Session) -> None:
-    """Another supported Python: import every module, then the suite without Cluster/Sentinel."""
+    """Another supported Python: import every module, then the suite without Cluster/Sentinel/slow."""
     session.install("-e", ".[dev]")
     session.run("python", "-c", IMPORT_ALL)
     session.run(
@@ -102,7 +102,7 @@ def compat(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         "-m",
-        "not cluster and not sentinel",
+        "not cluster and not sentinel and not slow",
         *session.posargs,
     )
 
@@ -133,6 +133,8 @@ def wheel(session: nox.Session) -> None:
         "pytest",
         "-p",
         "no:cacheprovider",
+        "-p",
+        "no:asyncio",  # the smoke tests use asyncio.run; -c drops the plugin's ini options
         "-c",
         os.devnull,
         f"--rootdir={smoke}",

@@ -31,3 +31,4 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+"""The package version (the wheel's metadata is read from this line)."""

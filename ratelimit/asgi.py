@@ -35,11 +35,20 @@ from .rules import Rule, _slug
 __all__ = ["ASGIApp", "DenialHook", "Message", "RateLimit", "RateLimitMiddleware", "Receive", "Scope", "Send"]
 
 Scope = MutableMapping[str, Any]
+"""The ASGI connection scope: ``type``, ``path``, ``headers``, ``client``..."""
 Message = MutableMapping[str, Any]
+"""An ASGI event, received or sent (``http.request``, ``http.response.start``...)."""
 Receive = Callable[[], Awaitable[Message]]
+"""The awaitable an ASGI app reads events from."""
 Send = Callable[[Message], Awaitable[None]]
+"""The awaitable an ASGI app sends events to."""
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+"""Any ASGI 3 application: ``async app(scope, receive, send)``."""
 DenialHook = Callable[[Scope, Outcome], Awaitable["ASGIApp | None"]]
+"""``on_denied``: ``async (scope, outcome) -> ASGI app | None``.
+
+The app it returns answers the denial; None keeps the default answer.
+"""
 
 _NO_HEADERS: list[tuple[str, str]] = []  # shared; never mutated
 _POLICY_VIOLATION = 1008

@@ -61,3 +61,4 @@ class RequestContext:
 
 
 current: ContextVar[RequestContext | None] = ContextVar("ratelimit_request", default=None)
+"""The :class:`RequestContext` of the request being served, or None outside the middlewares."""

@@ -32,6 +32,7 @@ __all__ = ["ContextFinder", "RateLimitExceeded", "limit", "register_context_find
 
 F = TypeVar("F", bound=Callable[..., Any])
 ContextFinder = Callable[[tuple[Any, ...], dict[str, Any]], "context.RequestContext | None"]
+"""Finds the request of a decorated call from its ``(args, kwargs)``, or returns None."""
 _finders: list[ContextFinder] = []
 
 

@@ -26,6 +26,9 @@ from .ruleset import Charge, RuleSet
 __all__ = ["Enforcer", "MissingIdentity", "Outcome"]
 
 MissingIdentity = Literal["ip", "anonymous", "reject"]
+"""What a rule does when its key function finds no identity: count per client IP, count
+all such requests as one ``anonymous`` identity, or reject them (401)."""
+
 log = logging.getLogger("ratelimit")
 
 _UNAUTHENTICATED = (

@@ -42,6 +42,7 @@ UNITS = {
     "month": 2592000,
     "year": 31536000,
 }
+"""Seconds per ``rate_limit.unit`` of an envoyproxy/ratelimit config."""
 DESCRIPTOR_KEYS = (
     "key",
     "value",
@@ -51,7 +52,9 @@ DESCRIPTOR_KEYS = (
     "detailed_metric",
     "value_to_metric",
 )
+"""The keys a descriptor entry of an envoyproxy/ratelimit config may have."""
 LIMIT_KEYS = ("requests_per_unit", "unit", "unit_multiplier", "unlimited", "name", "replaces")
+"""The keys a descriptor's ``rate_limit`` may have."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 PROBLEM_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+"""The ``type`` of the 429 problem+json body (the RateLimit draft's quota-exceeded type)."""
 PROBLEM_TITLE = "Request cannot be satisfied as assigned quota has been exceeded"
 _SF_UNSAFE = re.compile(r"[^\x20-\x7e]")
 
@@ -151,6 +152,7 @@ def problem_body(decision: Decision, names: Sequence[str]) -> bytes:
 _POLICY, _CURRENT, _RETRY = b"ratelimit-policy", b"ratelimit", b"retry-after"
 _LIMIT, _REMAINING = b"x-ratelimit-limit", b"x-ratelimit-remaining"
 RATE_FIELDS = frozenset((_POLICY, _CURRENT, _RETRY, _LIMIT, _REMAINING, b"x-ratelimit-reset"))
+"""The lower-case names of every header field this package writes on a response."""
 
 
 def encode_fields(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -37,6 +37,7 @@ class AsyncKeyError(TypeError):
 
 
 KeyFunc = Callable[[RequestInfo], "str | Awaitable[str | None] | None"]
+"""What a key function is: ``fn(request_info) -> identity | None`` (or an awaitable of it)."""
 
 
 def resolve(key: Any, request: RequestInfo) -> str | None:
@@ -189,6 +190,7 @@ class compose(_Named):
         return None if any(p is None for p in parts) else "|".join(p for p in parts if p is not None)
 
     async def aresolve(self, request: RequestInfo) -> str | None:
+        """The combined identity, awaiting the parts that are async."""
         parts = [await resolve_async(k, request) for k in self.keys]
         return None if any(p is None for p in parts) else "|".join(p for p in parts if p is not None)
 
@@ -282,6 +284,7 @@ class jwt_claim(_Named):
         return self._keep(request, self.verifier.verify(token) if token else None)
 
     async def aresolve(self, request: RequestInfo) -> str | None:
+        """The claim, verifying the token without blocking the event loop (JWKS fetches)."""
         found = self._from_header(request)
         if found is not None or self.verifier is None:
             return found

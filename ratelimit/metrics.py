@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["DECISION_RESULTS", "ERROR_KINDS", "OTHER", "RELOAD_RESULTS", "Metrics", "NullMetrics"]
 
 DECISION_RESULTS: frozenset[str] = frozenset({"allowed", "denied", "shadow", "fallback", "unauthenticated"})
+"""Values of the decisions' ``result`` label; anything else is reported as ``OTHER``."""
 RELOAD_RESULTS: frozenset[str] = frozenset({"applied", "rejected"})
 """Values of the ``result`` label; anything else is reported as ``OTHER``."""
 ERROR_KINDS: frozenset[str] = frozenset({"timeout", "connection", "other"})

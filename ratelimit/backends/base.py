@@ -12,6 +12,8 @@ __all__ = ["Backend", "BackendError", "RawResult", "SyncBackend"]
 
 # (allowed, server time in microseconds per counter, flat [p, c, ...] per counter)
 RawResult = tuple[bool, Sequence[int], Sequence[int]]
+"""A backend's answer: (allowed, server time in microseconds per counter, flat previous and
+current counts per counter); :func:`ratelimit._plan.decide` turns it into a Decision."""
 
 
 class BackendError(Exception):
@@ -37,21 +39,37 @@ class Backend(Protocol):
 
     name: str
 
-    def evaluate(self, plan: Plan) -> RawResult: ...
+    def evaluate(self, plan: Plan) -> RawResult:
+        """Decide ``plan`` atomically; raise :class:`BackendError` on any failure."""
+        ...
 
-    async def aevaluate(self, plan: Plan) -> RawResult: ...
+    async def aevaluate(self, plan: Plan) -> RawResult:
+        """Async :meth:`evaluate`."""
+        ...
 
-    def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int: ...
+    def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
+        """Remove counters by key and by literal key prefix; return how many went."""
+        ...
 
-    async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int: ...
+    async def adelete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
+        """Async :meth:`delete`."""
+        ...
 
-    def refund(self, plan: Plan, nows: Sequence[int]) -> None: ...
+    def refund(self, plan: Plan, nows: Sequence[int]) -> None:
+        """Give back what ``plan`` charged at server times ``nows`` (one per counter)."""
+        ...
 
-    async def arefund(self, plan: Plan, nows: Sequence[int]) -> None: ...
+    async def arefund(self, plan: Plan, nows: Sequence[int]) -> None:
+        """Async :meth:`refund`."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release sync resources (connections this backend made)."""
+        ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release every resource, sync and async."""
+        ...
 
 
 class SyncBackend(ABC):

@@ -14,6 +14,7 @@ from .base import RawResult, SyncBackend
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryBackend"]
 
 DEFAULT_MAX_KEYS = 100_000
+"""How many counters the memory backend keeps before it evicts the oldest."""
 
 
 class _BoundedStore:
