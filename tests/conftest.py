@@ -4,6 +4,7 @@ Sections (append new ones at the end, each under its own banner):
 
 1. Real Redis servers -- started by the suite itself from ``tests/redis_servers.py`` on
    free loopback ports; never the machine's own Redis.
+2. Redis Cluster with replicas -- for failover tests that kill masters.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ REDIS_FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
     "redis_acl": ("redis",),
     "redis_cluster": ("redis", "cluster"),
     "redis_sentinel": ("redis", "sentinel"),
+    "redis_cluster_replicas": ("redis", "cluster"),
 }
 """Fixture name -> markers added to every test that (transitively) requests it."""
 
@@ -133,3 +135,36 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
     """A fresh master + replica + sentinel per test (a failover changes the topology)."""
     yield from _running(tmp_path_factory, RedisSentinel, "redis-sentinel", stop="stop")
+
+
+# ======================================================================================
+# 2. Redis Cluster with replicas
+# ======================================================================================
+#
+# Function-scoped: a test kills masters, and a failed-over cluster must not leak into
+# the next test. Start-up (3 masters + 3 replicas, replicas in sync) takes ~2-3 s.
+
+CLUSTER_FAILOVER_NODE_TIMEOUT_MS = 1000
+"""``cluster-node-timeout`` of :func:`redis_cluster_replicas`: a killed master fails over in ~2-3 s."""
+
+
+@pytest.fixture
+def redis_cluster_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A fresh 3-master Redis Cluster, one replica per master, the test may kill masters of.
+
+    ``cluster-require-full-coverage no``, as production clusters run: while a dead
+    master's slots wait for its replica, the other masters keep answering (with Redis's
+    default they would all refuse with CLUSTERDOWN for that second).
+    """
+    require_redis_server()
+    cluster = RedisCluster(
+        _tmp_dir(tmp_path_factory, "redis-cluster-replicas"),
+        replicas=1,
+        node_timeout_ms=CLUSTER_FAILOVER_NODE_TIMEOUT_MS,
+        require_full_coverage=False,
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -126,3 +126,91 @@ def test_unreachable_redis_at_start(fresh_redis: Any) -> None:
     fresh_redis.restart()
     assert not wait_for_recovery(limiter).fallback
     limiter.close()
+
+
+# -- what a failure-policy answer tells the client ---------------------------------------
+
+
+class _Down:
+    """A backend that always fails, optionally sharded: ``shard_of`` names a key's server."""
+
+    name = "down"
+
+    def __init__(self, sharded: bool = False, dead: frozenset[str] = frozenset()) -> None:
+        self.sharded = sharded
+        self.dead = dead
+        self.calls = 0
+
+    def shard_of(self, plan: Any) -> str:
+        return "dead:1" if plan.keys[0].split(":")[1] in self.dead else "alive:1"
+
+    def evaluate(self, plan: Any) -> Any:
+        self.calls += 1
+        if not self.sharded or self.shard_of(plan) == "dead:1":
+            from ratelimit.backends.base import BackendError
+
+            raise BackendError("down", "dead:1" if self.sharded else None)
+        return (True, (0,) * len(plan.keys), (0, 0) * len(plan.keys))
+
+    async def aevaluate(self, plan: Any) -> Any:
+        return self.evaluate(plan)
+
+    def delete(self, keys: Any, prefixes: Any) -> int:
+        return 0
+
+    async def adelete(self, keys: Any, prefixes: Any) -> int:
+        return 0
+
+    def refund(self, plan: Any, nows: Any) -> None:
+        pass
+
+    async def arefund(self, plan: Any, nows: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("mode", "status"), [("open", 200), ("closed", 429)])
+async def test_fallback_answers_carry_no_invented_numbers(mode: Any, status: int) -> None:
+    """A failure-policy answer has no RateLimit fields; a closed-mode denial says only Retry-After."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from ratelimit.asgi import RateLimitMiddleware
+
+    async def ok(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    limiter = Limiter(_Down(), failure_mode=mode, closed_retry_after=3.0)  # type: ignore[arg-type]
+    app = RateLimitMiddleware(Starlette(routes=[Route("/", ok)]), limiter, limits={"/": "5/minute"})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        r = await client.get("/")
+    assert r.status_code == status
+    names = {k.lower() for k in r.headers}
+    assert not names & {"ratelimit", "ratelimit-policy", "x-ratelimit-limit", "x-ratelimit-remaining"}
+    assert ("retry-after" in names) is (status == 429)
+    if status == 429:
+        assert r.headers["retry-after"] == "3"
+
+
+def test_one_breaker_per_shard() -> None:
+    """On a sharded backend a dead server opens only its own breaker: other keys still reach theirs."""
+    backend = _Down(sharded=True)
+    limiter = Limiter(backend, prefix="s")  # type: ignore[arg-type]
+    bob_key = limiter.keyspace.counter_key("bob", 60_000_000)
+    backend.dead = frozenset({bob_key.split(":")[1]})
+    assert limiter.hit("bob", "5/minute").fallback
+    calls = backend.calls
+    # bob's shard is now paused by its breaker: no backend call for him ...
+    assert limiter.hit("bob", "5/minute").fallback and backend.calls == calls
+    # ... while every other identity (another shard) is still decided by the backend.
+    for user in ("ann", "cy", "dee"):
+        d = limiter.hit(user, "5/minute")
+        assert not d.fallback and d.allowed
+    assert backend.calls == calls + 3

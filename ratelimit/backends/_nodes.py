@@ -34,6 +34,7 @@ Observe = Callable[[float, float], None]
 
 _MAX_REDIRECTS = 5
 _SLOTS = 16384
+_DOWN_REFRESH = 0.2  # seconds between slot map reads while a master is unreachable
 
 
 class ScriptCall:
@@ -110,6 +111,7 @@ class Node:
         self._connecting: asyncio.Task[None] | None = None
         self._queue: list[ScriptCall] = []
         self._in_flight = 0
+        self._drain_soon = False
 
     def submit(self, calls: Sequence[ScriptCall]) -> None:
         """Write ``calls`` now if the connection has room, else queue them."""
@@ -166,6 +168,14 @@ class Node:
                 now = self.loop.time()
                 self._observe(call.sent - call.created, now - call.sent)
             call.done(reply)
+        if self._queue and not self._drain_soon:
+            # Replies arrive many per read: send what they made room for in one write
+            # once they are all handled, not one write per reply.
+            self._drain_soon = True
+            self.loop.call_soon(self._drain_later)
+
+    def _drain_later(self) -> None:
+        self._drain_soon = False
         if self._queue:
             self._drain()
 
@@ -212,6 +222,11 @@ class Node:
             old.close()
         if self._queue:
             self._drain()
+
+    @property
+    def connected(self) -> bool:
+        """An open connection that has not failed."""
+        return self._conn is not None and self._conn.usable
 
     def _fail_and_report(self, error: BackendError) -> None:
         if self._on_failure is not None:
@@ -274,6 +289,9 @@ class Cluster:
         self._waiting: list[ScriptCall] = []  # calls that arrived before the first slot map
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = -1e9
+        self._down: set[str] = set()  # masters that failed and still serve slots
+        self._recheck: asyncio.TimerHandle | None = None
+        self._closed = False
 
     def shard_of(self, slot: int) -> str | None:
         """The address of the master serving ``slot`` (None before the slot map is known)."""
@@ -346,11 +364,29 @@ class Cluster:
         return True
 
     def _node_failed(self, node: Node, error: BackendError) -> None:
-        # A dead or unreachable master is how a failover starts: learn the new map.
+        # A dead or unreachable master is how a failover starts: learn the new map, and
+        # keep reading it until the master's slots move or it answers again. Otherwise
+        # the map would be read again only when a later call to the dead master fails,
+        # which the limiter's circuit breaker for that master delays by up to seconds.
+        self._down.add(node.address)
+        self.refresh()
+
+    def _watch_down(self) -> None:
+        if self._closed:
+            return
+        serving = set(self._slots)
+        self._down = {a for a in self._down if a in serving and not self.node(a).connected}
+        if self._down and self._recheck is None:
+            self._recheck = self.loop.call_later(_DOWN_REFRESH, self._refresh_down)
+
+    def _refresh_down(self) -> None:
+        self._recheck = None
         self.refresh()
 
     def refresh(self) -> None:
         """Re-read the slot map in the background (at most every 100 ms)."""
+        if self._closed:  # closing fails the calls in flight, which would ask for a map
+            return
         if self._refreshing is not None and not self._refreshing.done():
             return
         if self.loop.time() - self._refreshed_at < 0.1 and self._loaded:
@@ -360,6 +396,7 @@ class Cluster:
     async def _refresh(self) -> None:
         self._refreshed_at = self.loop.time()
         known = list(dict.fromkeys([*(n for n in self._nodes), *(e.address for e in self._startup)]))
+        known.sort(key=lambda address: address in self._down)  # ask the failed masters last
         error: BaseException | None = None
         for address in known:
             try:
@@ -379,7 +416,9 @@ class Cluster:
             )
             for call in waiting:
                 call.done(err)
+            self._watch_down()
             return
+        self._watch_down()
         waiting, self._waiting = self._waiting, []
         if waiting:
             self.submit(waiting)
@@ -397,6 +436,11 @@ class Cluster:
 
     async def aclose(self) -> None:
         """Close every node's connection."""
+        self._closed = True
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        self._down = set()
         task, self._refreshing = self._refreshing, None
         if task is not None and not task.done():
             task.cancel()
