@@ -10,6 +10,8 @@ Sections (append new ones at the end, each under its own banner):
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,27 @@ def redis_cluster_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield cluster
     finally:
         cluster.stop()
+
+
+# ======================================================================================
+# The documentation site, built once per run
+# ======================================================================================
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``mkdocs build --strict`` of this repository: the site folder and the build's result."""
+    site = tmp_path_factory.mktemp("site") / "site"
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "mkdocs", "build", "--strict"),
+            *("--config-file", str(root / "mkdocs.yml"), "--site-dir", str(site)),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return site, done

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -109,20 +108,9 @@ def _canonical(path: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def reference_headings(tmp_path_factory: pytest.TempPathFactory) -> frozenset[str]:
+def reference_headings(built_site: tuple[Path, subprocess.CompletedProcess[str]]) -> frozenset[str]:
     """The objects with a heading in the built reference, by canonical path."""
-    site = tmp_path_factory.mktemp("site")
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "mkdocs", "build", "--strict"),
-            *("--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(site)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    site, done = built_site
     assert done.returncode == 0, "mkdocs build --strict failed:\n" + done.stdout + done.stderr
     pages = [site / API_PAGES[0].removesuffix(".md") / "index.html"]
     pages += sorted((site / API_PAGES[1]).rglob("*.html"))

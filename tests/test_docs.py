@@ -10,7 +10,6 @@ import ast
 import importlib
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -223,20 +222,9 @@ def test_signature_blocks_still_exist() -> None:
     assert present >= SIGNATURE_BLOCKS, sorted(SIGNATURE_BLOCKS - present)
 
 
-def test_site_builds_in_strict_mode(tmp_path: Path) -> None:
+def test_site_builds_in_strict_mode(built_site: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     """`mkdocs build --strict` writes every page, with its tabs and diagrams, and the Grafana dashboard."""
-    site = tmp_path / "site"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "mkdocs", "build", "--strict"),
-            *("--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(site)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    site, done = built_site
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
     for page in PAGES:
