@@ -291,3 +291,19 @@ async def test_killed_master_sends_only_its_users_to_the_failure_policy(
     assert last_fb <= failover_done + 0.75  # no fallbacks once the failover has settled
     assert after_fallbacks == 0
     assert after_allowed == dict.fromkeys(fresh, 10)
+
+
+async def test_moved_replies_are_followed_and_fix_the_slot_map(redis_cluster: RedisCluster) -> None:
+    """A stale slot map gets MOVED from the wrong master: the call follows it, no fallback, map fixed."""
+    async with Limiter(redis_cluster.url, prefix=prefix()) as limiter:
+        assert not (await limiter.ahit("warm", "5/minute")).fallback
+        router = limiter.backend._router  # type: ignore[attr-defined]
+        assert isinstance(router, _nodes.Cluster)
+        slot = slot_for(limiter, "moved-user", "5/minute")
+        right = router.shard_of(slot)
+        wrong = next(a for a in set(router._slots) if a is not None and a != right)
+        router._slots[slot] = wrong  # as if the slot had moved since the map was read
+        got = await asyncio.gather(*(limiter.ahit("moved-user", "5/minute") for _ in range(8)))
+        assert [d.allowed for d in got] == [True] * 5 + [False] * 3
+        assert not any(d.fallback for d in got)
+        assert router.shard_of(slot) == right

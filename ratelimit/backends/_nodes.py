@@ -69,7 +69,7 @@ class ScriptCall:
         self.done = done  # gets the reply, or a BackendError
         self.created = created
         self.slot = slot
-        self.deadline = 0.0  # set when first written: created + queueing + budget
+        self.deadline = 0.0  # set when first written (again for the EVAL after NOSCRIPT): now + budget
         self.sent = 0.0
         self.evaled = False
         self.asking = False
@@ -152,6 +152,9 @@ class Node:
             message = str(reply)
             if message.startswith("NOSCRIPT") and not call.evaled:
                 call.evaled = True  # the script did not run: EVAL it (and cache it)
+                # A new call, so a new budget from its write: the time until this reply
+                # was read (a busy loop, a slow network) must not be charged to the EVAL.
+                call.deadline = 0.0
                 self.submit([call])
             elif self._on_redirect is not None and self._on_redirect(call, message):
                 pass
@@ -341,18 +344,25 @@ class Cluster:
             self.node(address).submit(group)
 
     def _redirect(self, call: ScriptCall, message: str) -> bool:
-        """Follow MOVED/ASK/TRYAGAIN within the call's budget; False: not a redirect."""
+        """Follow MOVED/ASK/TRYAGAIN (at most 5 times); False: not a redirect.
+
+        These replies say the script did not run, so the call is sent again, each time
+        with a budget of its own from its write, like the EVAL after NOSCRIPT: the time
+        until this reply was read must not be charged to the next server.
+        """
         kind, _, rest = message.partition(" ")
         if kind not in ("MOVED", "ASK", "TRYAGAIN"):
             return False
         call.redirects += 1
-        left = call.deadline - self.loop.time()
-        if call.redirects > _MAX_REDIRECTS or left <= 0:
-            call.done(BackendTimeout(f"Redis Cluster redirects did not settle within the budget: {message}"))
+        if call.redirects > _MAX_REDIRECTS:
+            call.done(
+                BackendError(f"Redis Cluster redirects did not settle after {_MAX_REDIRECTS}: {message}")
+            )
             return True
         call.asking = False
+        call.deadline = 0.0
         if kind == "TRYAGAIN":  # a slot mid-migration: try again shortly
-            self.loop.call_later(min(0.005, left / 2), self.submit, [call])
+            self.loop.call_later(0.005, self.submit, [call])
             return True
         slot_text, _, address = rest.partition(" ")
         if kind == "MOVED":
