@@ -84,6 +84,13 @@ _T = TypeVar("_T")
 _Address = tuple[str, int]
 
 
+def _fields(reply: Any) -> dict[str, Any]:
+    """A SENTINEL reply about one server as a dict (redis-py 8 parses it; 7 gives a flat list)."""
+    if isinstance(reply, dict):
+        return reply
+    return {str(k): v for k, v in zip(reply[::2], reply[1::2], strict=True)}
+
+
 class RedisHarnessError(RuntimeError):
     """A test Redis server could not be started, reached or reconfigured in time."""
 
@@ -1186,8 +1193,7 @@ class RedisSentinel:
             master = c.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", self.service)
             if not master or int(master[1]) != self.master.port:
                 return False
-            replicas = c.execute_command("SENTINEL REPLICAS", self.service)
-        # redis-py parses each replica into a dict of strings.
+            replicas = [_fields(r) for r in c.execute_command("SENTINEL REPLICAS", self.service)]
         return any(
             int(r["port"]) == self.replica.port and r["flags"] == "slave" and r["master-link-status"] == "ok"
             for r in replicas
@@ -1208,7 +1214,7 @@ class RedisSentinel:
             if new == old:
                 return None
             with _probe_client(HOST, self.sentinel.port, decode_responses=True) as c:
-                state = c.execute_command("SENTINEL MASTER", self.service)
+                state = _fields(c.execute_command("SENTINEL MASTER", self.service))
             if (str(state["ip"]), int(state["port"])) != new or state["flags"] != "master":
                 return None
             with _probe_client(new[0], new[1]) as c:
