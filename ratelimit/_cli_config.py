@@ -123,7 +123,9 @@ def run_inspect(
     except (ValueError, ImportError) as exc:
         print(f"ratelimit inspect: error: {exc}", file=sys.stderr)
         return 1
-    rules = [r for r in limiter.ruleset.rules if rule_name in (None, r.name)]
+    ruleset = limiter.ruleset
+    assert ruleset is not None  # from_config always sets it
+    rules = [r for r in ruleset.rules if rule_name in (None, r.name)]
     if not rules:
         limiter.close()
         print(f"ratelimit inspect: error: no rule named {rule_name!r} in {path}", file=sys.stderr)

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from ._charges import plan_charges, policies, split_charges
 from ._decision import Decision
+from ._engine import Engine
 from ._rate import RateLike
 from .headers import problem_body, rate_limit_headers
 from .keys import AsyncKeyError, client_ip, resolve, resolve_async
-from .limiter import Limiter
 from .metrics import NullMetrics
 from .request import RequestInfo
 from .rules import Rule, rules_from_limits
@@ -88,7 +88,7 @@ class Enforcer:
 
     def __init__(
         self,
-        limiter: Limiter,
+        limiter: Engine,
         rules: Iterable[Any] = (),
         *,
         missing_identity: MissingIdentity | None = None,
@@ -156,7 +156,7 @@ class Enforcer:
     @classmethod
     def for_adapter(
         cls,
-        limiter: Limiter,
+        limiter: Engine,
         adapter: str,
         rules: Iterable[Rule] = (),
         *,
