@@ -356,7 +356,7 @@ class RateLimit:
         headers: bool | None = None,
         legacy_headers: bool | None = None,
         metrics: Any = None,
-        trusted_proxies: int = 0,
+        trusted_proxies: int | None = None,
     ) -> None:
         from starlette.requests import Request
 
@@ -369,7 +369,6 @@ class RateLimit:
             "headers": headers,
             "legacy_headers": legacy_headers,
             "metrics": metrics,
-            "adapter": "asgi",
         }
         self.limiter = limiter
         self.name = name
@@ -388,7 +387,9 @@ class RateLimit:
             rule_name = _slug(f"dep {path}") if isinstance(path, str) else "dep"
         enforcer = self._enforcers.get(rule_name)
         if enforcer is None:
-            enforcer = Enforcer(self.limiter, [self._make_rule(rule_name)], **self._options)
+            enforcer = Enforcer.for_adapter(
+                self.limiter, "asgi", [self._make_rule(rule_name)], config_rules=False, **self._options
+            )
             self._enforcers[rule_name] = enforcer
         return enforcer
 

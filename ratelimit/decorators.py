@@ -83,10 +83,15 @@ def limit(
     cost: int | Callable[[RequestInfo], int] = 1,
     methods: str | Iterable[str] = (),
     shadow: bool = False,
-    missing_identity: MissingIdentity = "ip",
-    trusted_proxies: int = 0,
+    missing_identity: MissingIdentity | None = None,
+    trusted_proxies: int | None = None,
 ) -> Callable[[F], F]:
-    """Limit the decorated endpoint (see :meth:`ratelimit.Limiter.limit`)."""
+    """Limit the decorated endpoint (see :meth:`ratelimit.Limiter.limit`).
+
+    ``missing_identity`` and ``trusted_proxies`` left at None take the config file's
+    settings (for a :meth:`ratelimit.Limiter.from_config` limiter), then the defaults
+    (``"ip"``, 0), as every adapter does.
+    """
 
     def decorate(fn: F) -> F:
         original = getattr(fn, "__ratelimit_original__", fn)
@@ -95,11 +100,12 @@ def limit(
         rule_name = base if not any(r.name == base for r in earlier) else f"{base}-{len(earlier)}"
         rule = Rule.of(rule_name, rates, key, methods=methods, cost=cost, shadow=shadow)
         rules = (rule, *earlier)
-        enforcer = Enforcer(
+        enforcer = Enforcer.for_adapter(
             limiter,
+            "decorator",
             rules,
+            config_rules=False,  # the middleware in front enforces the file's rules
             missing_identity=missing_identity,
-            adapter="decorator",
             trusted_proxies=trusted_proxies,
         )
 

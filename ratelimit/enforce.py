@@ -7,15 +7,15 @@ Every adapter (ASGI, WSGI, gRPC, decorators) calls :meth:`Enforcer.check` or
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._charges import plan_charges, policies, split_charges
 from ._decision import Decision
 from ._engine import Engine
-from ._rate import RateLike
 from .headers import problem_body, rate_limit_headers
 from .keys import AsyncKeyError, client_ip, resolve, resolve_async
 from .metrics import NullMetrics
@@ -23,7 +23,7 @@ from .request import RequestInfo
 from .rules import Rule, rules_from_limits
 from .ruleset import Charge, RuleSet
 
-__all__ = ["Enforcer", "MissingIdentity", "Outcome"]
+__all__ = ["Enforcer", "MissingIdentity", "Outcome", "Snapshot"]
 
 MissingIdentity = Literal["ip", "anonymous", "reject"]
 """What a rule does when its key function finds no identity: count per client IP, count
@@ -61,6 +61,19 @@ class Outcome:
         return self.decision.retry_after if self.decision is not None and self.action == "deny" else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The rules an Enforcer applies and the settings it applies them with, at one moment."""
+
+    rules: tuple[Any, ...]
+    own: tuple[Any, ...]  # the adapter's rules and its limits rules (rules without the config's)
+    missing_identity: MissingIdentity
+    headers: bool
+    legacy_headers: bool
+    ip_key: Any
+    ruleset: RuleSet | None
+
+
 class Enforcer:
     """Applies rules to requests with one limiter; shared by every adapter.
 
@@ -78,8 +91,12 @@ class Enforcer:
             the ``"ip"`` policy counts per :class:`~ratelimit.keys.client_ip` with
             that many trusted proxies, not per peer (which would be the proxy).
         config_rules: also enforce ``limiter.ruleset`` (a config file's rules, see
-            :meth:`ratelimit.Limiter.from_config`), following its reloads. Its
-            settings fill in the arguments left at None.
+            :meth:`ratelimit.Limiter.from_config`), following its reloads. The file's
+            settings fill in the arguments left at None either way.
+        limit_rules: builds more rules from the client-IP key in force (the default key
+            of the ``limits`` shorthand), again whenever the settings change.
+
+    Build it with :meth:`for_adapter`, as every adapter does.
 
     All matching rules are decided together, all or nothing, in one round trip;
     shadow rules are decided apart (they count but never deny, and never block the
@@ -98,6 +115,7 @@ class Enforcer:
         adapter: str = "custom",
         trusted_proxies: int | None = None,
         config_rules: bool = False,
+        limit_rules: Callable[[Any], Iterable[Any]] | None = None,
     ) -> None:
         if missing_identity not in (None, "ip", "anonymous", "reject"):
             raise ValueError(
@@ -111,47 +129,85 @@ class Enforcer:
             "legacy_headers": legacy_headers,
             "trusted_proxies": trusted_proxies,
         }
-        self._follows = config_rules
+        self._with_config_rules = config_rules
+        self._limit_rules = limit_rules
         self.metrics = metrics if metrics is not None else NullMetrics()
         self._counting = metrics is not None  # skip per-rule metric calls when nobody listens
         self.adapter = adapter
-        self._ruleset: RuleSet | None = None
-        self._apply(limiter.ruleset if config_rules else None, strict=True)
+        self._snap = self._build(limiter.ruleset, None)
 
-    def _apply(self, ruleset: RuleSet | None, *, strict: bool) -> None:
-        """Take the rules and settings of ``ruleset`` (None: this enforcer's own only)."""
-        rules = self._own + (ruleset.rules if ruleset is not None else ())
+    def _build(self, ruleset: RuleSet | None, previous: Snapshot | None) -> Snapshot:
+        """The rules and settings to enforce with ``ruleset`` (the limiter's, maybe None).
+
+        The file's settings always apply where the code left an argument at None; its
+        rules only with ``config_rules``. A clash of rule names keeps ``previous``.
+        """
+        base = ruleset if ruleset is not None else RuleSet()
+        asked = self._asked
+        proxies = base.trusted_proxies if asked["trusted_proxies"] is None else asked["trusted_proxies"]
+        ip_key = client_ip(proxies)
+        made = tuple(self._limit_rules(ip_key)) if self._limit_rules is not None else ()
+        extra = ruleset.rules if ruleset is not None and self._with_config_rules else ()
+        rules = self._own + made + extra
         names = [r.name for r in rules]
         if len(set(names)) != len(names):
             dupes = sorted({n for n in names if names.count(n) > 1})
-            if strict:
+            if previous is None:
                 raise ValueError(f"rule names must be unique, got {dupes} more than once")
             log.error("config rules %s clash with an adapter's own rules; keeping the previous rules", dupes)
-            self._ruleset = ruleset
-            return
-        base = ruleset if ruleset is not None else RuleSet()
-        asked = self._asked
-        self.missing_identity: MissingIdentity = asked["missing_identity"] or base.missing_identity
-        self.headers: bool = base.headers if asked["headers"] is None else asked["headers"]
-        self.legacy_headers: bool = (
-            base.legacy_headers if asked["legacy_headers"] is None else asked["legacy_headers"]
+            return dataclasses.replace(previous, ruleset=ruleset)
+        legacy = base.legacy_headers if asked["legacy_headers"] is None else asked["legacy_headers"]
+        return Snapshot(
+            rules=rules,
+            own=self._own + made,
+            missing_identity=asked["missing_identity"] or base.missing_identity,
+            headers=base.headers if asked["headers"] is None else asked["headers"],
+            legacy_headers=legacy,
+            ip_key=ip_key,
+            ruleset=ruleset,
         )
-        proxies = base.trusted_proxies if asked["trusted_proxies"] is None else asked["trusted_proxies"]
-        self.ip_key = client_ip(proxies)
-        self._rules = rules
-        self._ruleset = ruleset
+
+    def snapshot(self) -> Snapshot:
+        """The rules and settings in force now, as one object (a config reload swaps it whole).
+
+        A request reads this once and uses only it, so a reload in the middle of the
+        request cannot mix old rules with new settings.
+        """
+        snap = self._snap
+        current = self.limiter.ruleset
+        if current is not snap.ruleset:
+            snap = self._snap = self._build(current, snap)
+        return snap
+
+    @property
+    def missing_identity(self) -> MissingIdentity:
+        """The policy for requests without an identity, in force now."""
+        return self.snapshot().missing_identity
+
+    @property
+    def headers(self) -> bool:
+        """Whether allowed responses get RateLimit headers, in force now."""
+        return self.snapshot().headers
+
+    @property
+    def legacy_headers(self) -> bool:
+        """Whether ``X-RateLimit-*`` headers are added, in force now."""
+        return self.snapshot().legacy_headers
+
+    @property
+    def ip_key(self) -> Any:
+        """The client-IP key function (with the trusted proxies in force now)."""
+        return self.snapshot().ip_key
 
     @property
     def own_rules(self) -> tuple[Any, ...]:
-        """The rules given to this enforcer (without the config file's)."""
-        return self._own
+        """The rules given to this enforcer and its ``limits`` rules (without the config file's)."""
+        return self.snapshot().own
 
     @property
     def rules(self) -> tuple[Any, ...]:
         """Every rule enforced now (the adapter's own, then the config's)."""
-        if self._follows and self.limiter.ruleset is not self._ruleset:
-            self._apply(self.limiter.ruleset, strict=False)
-        return self._rules
+        return self.snapshot().rules
 
     @classmethod
     def for_adapter(
@@ -160,20 +216,39 @@ class Enforcer:
         adapter: str,
         rules: Iterable[Rule] = (),
         *,
-        limits: Mapping[str, RateLike] | None = None,
+        limits: Mapping[str, Any] | None = None,
         key: Any = None,
-        trusted_proxies: int | None = None,
+        config_rules: bool = True,
+        from_limits: Callable[[Mapping[str, Any], Any], Iterable[Any]] = rules_from_limits,
         **options: Any,
     ) -> Enforcer:
-        """What every middleware builds: its rules, the ``limits`` shorthand and the config's rules.
+        """The one way adapters build their Enforcer: own rules, the ``limits`` shorthand, the config's.
 
-        ``limits`` rules (:func:`~ratelimit.rules.rules_from_limits`) are keyed by
-        ``key``, by default the client IP behind ``trusted_proxies`` proxies.
+        Every adapter (the middlewares, the decorators, the FastAPI dependency, the gRPC
+        interceptors) builds it here, so they agree on defaults: arguments left at None
+        take the config file's settings (``identity.trusted_proxies`` and the others),
+        then the defaults.
+
+        Args:
+            limiter: decides.
+            adapter: the adapter's name in metrics.
+            rules: the adapter's own rules.
+            limits: the shorthand ``{pattern: rate}``, turned into rules by ``from_limits``
+                (default :func:`~ratelimit.rules.rules_from_limits`), keyed by ``key`` or,
+                by default, by the client IP behind the trusted proxies in force.
+            config_rules: also enforce the config file's rules (the middlewares do; a
+                decorator or a dependency, which sit behind one, do not).
+            options: the other :class:`Enforcer` arguments.
         """
-        default_key = client_ip(trusted_proxies or 0) if key is None else key
-        all_rules = [*rules, *rules_from_limits(limits or {}, default_key)]
+        limit_rules = None
+        if limits is not None:
+            spec = dict(limits)
+
+            def limit_rules(default_key: Any) -> Iterable[Any]:
+                return from_limits(spec, key if key is not None else default_key)
+
         return cls(
-            limiter, all_rules, adapter=adapter, trusted_proxies=trusted_proxies, config_rules=True, **options
+            limiter, rules, adapter=adapter, config_rules=config_rules, limit_rules=limit_rules, **options
         )
 
     def matching(self, request: RequestInfo, rules: Sequence[Any] | None = None) -> list[Any]:
@@ -182,14 +257,18 @@ class Enforcer:
 
     # -- the shared steps (no I/O) -------------------------------------------------
 
-    def _headers(self, decision: Decision, charges: Sequence[Charge], denied: bool) -> list[tuple[str, str]]:
-        if not (self.headers or denied):
+    @staticmethod
+    def _headers(
+        snap: Snapshot, decision: Decision, charges: Sequence[Charge], denied: bool
+    ) -> list[tuple[str, str]]:
+        if not (snap.headers or denied):
             return []
         names, rates = policies(charges)
-        return rate_limit_headers(decision, names, rates, legacy=self.legacy_headers)
+        return rate_limit_headers(decision, names, rates, legacy=snap.legacy_headers)
 
     def _outcome(
         self,
+        snap: Snapshot,
         decision: Decision | None,
         enforcing: list[Charge],
         shadow: Decision | None,
@@ -203,7 +282,7 @@ class Enforcer:
             # Only shadow rules applied: headers describe them, nothing is denied.
             if shadow is None:
                 return Outcome("skip")
-            hdrs = [h for h in self._headers(shadow, shadows, False) if h[0] != "Retry-After"]
+            hdrs = [h for h in self._headers(snap, shadow, shadows, False) if h[0] != "Retry-After"]
             names = policies(shadows)[0]
             return Outcome("allow", headers=hdrs, decision=shadow, shadow=shadow, names=names)
         if self._counting:
@@ -214,9 +293,9 @@ class Enforcer:
                     metrics.deny_cache_hit(c.label)
         names = policies(enforcing)[0]
         if decision.allowed:
-            hdrs = self._headers(decision, enforcing, False)
+            hdrs = self._headers(snap, decision, enforcing, False)
             return Outcome("allow", headers=hdrs, decision=decision, shadow=shadow, names=names)
-        hdrs = self._headers(decision, enforcing, True)
+        hdrs = self._headers(snap, decision, enforcing, True)
         body = problem_body(decision, names)
         return Outcome("deny", 429, hdrs, body, decision=decision, shadow=shadow, names=names)
 
@@ -235,18 +314,19 @@ class Enforcer:
         matched: Sequence[Any] | None = None,
     ) -> Outcome:
         """Decide ``request`` from a sync adapter (``matched``: rules the caller already matched)."""
+        snap = self.snapshot()  # read once: a reload during this request cannot mix
         if matched is None:
-            matched = self.matching(request, rules)
+            matched = [r for r in (snap.rules if rules is None else rules) if r.matches(request)]
         if not matched:
             return Outcome("skip")
         resolved = [[_identity_of(k, r, request) for k in r.lookups] for r in matched]
-        charges = plan_charges(matched, resolved, request, self.ip_key, self.missing_identity)
+        charges = plan_charges(matched, resolved, request, snap.ip_key, snap.missing_identity)
         if charges is None:
             return self._reject(matched)
         items, shadow_items, enforcing, shadows = split_charges(charges)
         decision = self.limiter.hit_many(items) if items else None
         shadow = self.limiter.hit_many(shadow_items) if shadow_items else None
-        return self._outcome(decision, enforcing, shadow, shadows)
+        return self._outcome(snap, decision, enforcing, shadow, shadows)
 
     async def acheck(
         self,
@@ -256,21 +336,22 @@ class Enforcer:
         matched: Sequence[Any] | None = None,
     ) -> Outcome:
         """Decide ``request`` from an asyncio adapter (``matched``: rules the caller already matched)."""
+        snap = self.snapshot()  # read once: a reload during this request cannot mix
         if matched is None:
-            matched = self.matching(request, rules)
+            matched = [r for r in (snap.rules if rules is None else rules) if r.matches(request)]
         if not matched:
             return Outcome("skip")
         # A loop, not a nested comprehension: `await` inside one is a SyntaxError on 3.10.
         resolved: list[list[str | None]] = []
         for r in matched:
             resolved.append([await _aidentity_of(k, r, request) for k in r.lookups])
-        charges = plan_charges(matched, resolved, request, self.ip_key, self.missing_identity)
+        charges = plan_charges(matched, resolved, request, snap.ip_key, snap.missing_identity)
         if charges is None:
             return self._reject(matched)
         items, shadow_items, enforcing, shadows = split_charges(charges)
         decision = await self.limiter.ahit_many(items) if items else None
         shadow = await self.limiter.ahit_many(shadow_items) if shadow_items else None
-        return self._outcome(decision, enforcing, shadow, shadows)
+        return self._outcome(snap, decision, enforcing, shadow, shadows)
 
 
 def _identity_of(key: Any, rule: Rule, request: RequestInfo) -> str | None:

@@ -104,15 +104,17 @@ class RateLimit:
             "metrics": metrics,
         }
         self.enforcer = Enforcer.for_adapter(limiter, "flask", rules, limits=limits, key=key, **self.options)
-        self.rules = self.enforcer.own_rules  # the middleware adds the config file's rules itself
+        self._given = (tuple(rules), limits, key)  # the middleware mode builds its own from these
+        self.rules = self.enforcer.own_rules
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: flask.Flask) -> None:
         """Install the middleware or the hooks on ``app``."""
         if self.mode == "middleware":
+            rules, limits, key = self._given
             app.wsgi_app = RateLimitMiddleware(  # type: ignore[method-assign]
-                app.wsgi_app, self.limiter, self.rules, **self.options
+                app.wsgi_app, self.limiter, rules, limits=limits, key=key, **self.options
             )
         else:
             app.before_request(self._before_request)

@@ -37,7 +37,6 @@ from grpc_status import rpc_status  # type: ignore[import-untyped]
 from ._rate import Rate
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import retry_after_header
-from .keys import client_ip
 from .limiter import Limiter
 from .request import Headers, RequestInfo
 from .rules import Rule, bounded_name, unique_name
@@ -198,30 +197,34 @@ class _Base:
         trusted_proxies: int | None = None,
     ) -> None:
         explicit = list(rules)
-        taken = {r.name for r in explicit}
-        built = []
-        for pattern, rates in (limits or {}).items():
-            name = unique_name(rule_name(pattern), taken)
-            built.append(
-                Rule.of(
-                    name, rates, key if key is not None else client_ip(trusted_proxies or 0), paths=pattern
-                )
-            )
-        all_rules = built + explicit
-        if not all_rules and limiter.ruleset is None:
+        if not limits and not explicit and limiter.ruleset is None:
             raise ValueError(
                 "give limits={pattern: rate}, rules=[Rule, ...] or a Limiter.from_config limiter"
             )
-        self.enforcer = Enforcer(
+        taken = {r.name for r in explicit}
+
+        def from_limits(spec: Mapping[str, Any], default_key: Any) -> list[Rule]:
+            # gRPC names rules after their method patterns, unique beside the explicit
+            # ones, which come after them.
+            names = set(taken)
+            built = [
+                Rule.of(unique_name(rule_name(pattern), names), rates, default_key, paths=pattern)
+                for pattern, rates in spec.items()
+            ]
+            return built + explicit
+
+        self.enforcer = Enforcer.for_adapter(
             limiter,
-            all_rules,
+            "grpc",
+            (),
+            limits=dict(limits or {}),
+            key=key,
+            from_limits=from_limits,
             missing_identity=missing_identity,
             trusted_proxies=trusted_proxies,
             headers=False,
             legacy_headers=False,
             metrics=metrics,
-            adapter="grpc",
-            config_rules=True,
         )
         self._by_method: dict[str, tuple[Rule, ...]] = {}
         self._cached_for: tuple[Any, ...] = ()

@@ -10,6 +10,7 @@ from ._engine import Engine
 from ._rate import RateLike
 from .config import ConfigSource, limiter_from_config
 from .decorators import limit as _limit
+from .enforce import MissingIdentity
 
 __all__ = ["Limiter"]
 
@@ -87,8 +88,8 @@ class Limiter(Engine):
         cost: Any = 1,
         methods: Any = (),
         shadow: bool = False,
-        missing_identity: Any = "ip",
-        trusted_proxies: int = 0,
+        missing_identity: MissingIdentity | None = None,
+        trusted_proxies: int | None = None,
     ) -> Callable[[Any], Any]:
         """Decorate an endpoint (Starlette, FastAPI, Flask, Django; sync or async) with limits.
 

@@ -151,3 +151,76 @@ def test_django_config_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 urlpatterns: list[Any] = []
+
+
+# -- the file's settings reach every adapter, and a reload never mixes ---------------------
+
+
+async def test_decorator_and_limits_follow_the_files_trusted_proxies(tmp_path: Path) -> None:
+    """identity.trusted_proxies: 1 makes decorator and limits= rules count the client, not the proxy.
+
+    Decorators once hard-coded 0 proxies: behind one proxy (a waypoint) every client
+    shared the proxy's counter, while the middleware counted per client.
+    """
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from ratelimit.asgi import RateLimitMiddleware
+
+    config = write(tmp_path, "identity: {trusted_proxies: 1}\nrules: []\n")
+    with Limiter.from_config(config, reload=False, clock=FakeClock(T0)) as limiter:
+
+        @limiter.limit("2/minute", key=lambda request: None)  # no identity: the "ip" policy
+        async def decorated(request: Any) -> PlainTextResponse:
+            return PlainTextResponse("ok")
+
+        async def plain(request: Any) -> PlainTextResponse:
+            return PlainTextResponse("ok")
+
+        app = Starlette(routes=[Route("/deco", decorated), Route("/short", plain)])
+        app.add_middleware(RateLimitMiddleware, limiter=limiter, limits={"/short": "2/minute"})
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1234))  # the proxy
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            for path in ("/deco", "/short"):
+                codes = {
+                    who: [
+                        (await client.get(path, headers={"x-forwarded-for": who})).status_code
+                        for _ in range(3)
+                    ]
+                    for who in ("203.0.113.7", "198.51.100.9")
+                }
+                # Each client has its own 2/minute; the proxy's address is not the identity.
+                assert codes == {"203.0.113.7": [200, 200, 429], "198.51.100.9": [200, 200, 429]}, path
+
+
+async def test_a_reload_during_a_request_cannot_mix_rules_and_settings(tmp_path: Path) -> None:
+    """A config swap while a request resolves its key leaves that request on the old snapshot."""
+    from ratelimit.enforce import Enforcer
+    from ratelimit.request import Headers, RequestInfo
+    from ratelimit.rules import Rule
+
+    old = write(tmp_path, "headers: {enabled: true}\nrules: []\n", name="old.yaml")
+    new = write(
+        tmp_path, "headers: {enabled: false}\nidentity: {trusted_proxies: 3}\nrules: []\n", name="new.yaml"
+    )
+    with Limiter.from_config(old, reload=False, clock=FakeClock(T0)) as limiter:
+        newer = Limiter.from_config(new, reload=False, clock=FakeClock(T0))
+        seen: list[Any] = []
+
+        async def key(request: RequestInfo) -> str:
+            limiter.ruleset = newer.ruleset  # the watcher's swap, mid-request
+            seen.append(enforcer.snapshot())
+            return "ann"
+
+        enforcer = Enforcer.for_adapter(limiter, "test", [Rule.of("r", "5/minute", key)])
+        before = enforcer.snapshot()
+        request = RequestInfo("http", "GET", "/x", Headers([]), client="10.0.0.1")
+        outcome = await enforcer.acheck(request)
+        # The request kept the snapshot it started with: headers on (old), not off (new).
+        assert outcome.action == "allow" and any(h[0] == "RateLimit" for h in outcome.headers)
+        assert seen[0] is not before and not seen[0].headers and before.headers
+        # The next request sees the new snapshot whole.
+        later = await enforcer.acheck(request)
+        assert later.action == "allow" and not later.headers
+        newer.close()
