@@ -16,16 +16,22 @@ from __future__ import annotations
 from ._decision import Decision, LimitStatus
 from ._rate import Rate, RateParseError, parse_rates
 from .backends.base import Backend, BackendError
+from .enforce import Enforcer
 from .limiter import Limiter
+from .request import RequestInfo
+from .rules import Rule
 
 __all__ = [
     "Backend",
     "BackendError",
     "Decision",
+    "Enforcer",
     "LimitStatus",
     "Limiter",
     "Rate",
     "RateParseError",
+    "RequestInfo",
+    "Rule",
     "__version__",
     "parse_rates",
 ]

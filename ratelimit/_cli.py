@@ -7,7 +7,7 @@ import os
 import sys
 
 from . import __version__
-from ._demo import _REDIS_HELP, DemoError, rate_limit_headers, run_demo, tightest
+from ._demo import REDIS_HELP, DemoError, rate_limit_headers, run_demo, tightest
 
 __all__ = ["main", "rate_limit_headers", "tightest"]
 
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         " with RateLimit headers); then the limiter up close: several limits all or nothing, cost,"
         " and the sliding window over time. Memory backend and simulated clock unless --redis.",
     )
-    demo.add_argument("--redis", metavar="URL", help=_REDIS_HELP)
+    demo.add_argument("--redis", metavar="URL", help=REDIS_HELP)
     check = commands.add_parser(
         "check",
         help="validate config files and print their effective rules",

@@ -15,7 +15,7 @@ from ._envoy_actions import Action, read_actions
 from ._reader import Field
 from ._yaml import YAMLError, load_documents
 from .envoy import DescriptorRule, read_service_config
-from .rules import _NAME, Rule
+from .rules import RULE_NAME, Rule
 
 __all__ = ["Document", "read_document"]
 
@@ -56,23 +56,23 @@ def read_document(text: str, source: str, base: Path | None) -> Document:
         docs = load_documents(text)
     except YAMLError as exc:
         report.errors.append(f"{source}:{exc}")
-        raise _Invalid(report.errors) from None
+        raise Invalid(report.errors) from None
     if len(docs) != 1:
         report.add(None, "", f"expected one YAML document, found {len(docs)}")
-        raise _Invalid(report.errors)
+        raise Invalid(report.errors)
     top = Field(docs[0], "", getattr(docs[0], "at", None), report)
     if isinstance(top.value, dict) and "domain" in top.value:  # a bare envoyproxy/ratelimit config
         tree = read_service_config(top)
         if tree is not None:
-            doc.rules.append(DescriptorRule(_slug(f"envoy-{tree.domain}"), tree))
+            doc.rules.append(DescriptorRule(_envoy_slug(f"envoy-{tree.domain}"), tree))
     else:
         _read_top(top, doc, base)
     if report.errors:
-        raise _Invalid(report.errors)
+        raise Invalid(report.errors)
     return doc
 
 
-class _Invalid(Exception):
+class Invalid(Exception):
     def __init__(self, errors: list[str]) -> None:
         errors = sorted(errors, key=_place)
         super().__init__("\n".join(errors))
@@ -217,7 +217,11 @@ def _read_envoy(f: Field, shadow: bool, taken: set[str], base: Path | None, doc:
             descriptors.append(actions)
     if config is None or route is None:
         return None
-    name = keys["name"].string(_NAME, "a rule name") if "name" in keys else _slug(f"envoy-{config.domain}")
+    name = (
+        keys["name"].string(RULE_NAME, "a rule name")
+        if "name" in keys
+        else _envoy_slug(f"envoy-{config.domain}")
+    )
     if name is None or name in taken:
         f.report.add(f.pos, f.path, f"rule name {name!r} is taken; give this entry a name")
         return None
@@ -238,7 +242,7 @@ def _read_envoy_file(f: Field, base: Path | None, doc: Document) -> Any:
     doc.files.append(path)
     try:
         inner = read_document(text, str(path), path.parent)
-    except _Invalid as exc:
+    except Invalid as exc:
         f.report.errors.extend(exc.errors)
         return None
     found = [r for r in inner.rules if isinstance(r, DescriptorRule)]
@@ -248,7 +252,7 @@ def _read_envoy_file(f: Field, base: Path | None, doc: Document) -> Any:
     return found[0].tree
 
 
-def _slug(text: str) -> str:
+def _envoy_slug(text: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "envoy"
     return (
         cleaned[:55] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8] if len(cleaned) > 64 else cleaned

@@ -10,7 +10,7 @@ from ._reader import Field
 from .keys import api_key, constant
 from .matchers import HeaderMatch, HostPattern
 from .request import Headers, RequestInfo
-from .rules import _NAME, Rule, Tiers, compile_path, parse_limits
+from .rules import RULE_NAME, Rule, Tiers, compile_path, parse_limits
 
 __all__ = ["MISSING", "read_match", "read_rule"]
 
@@ -43,7 +43,7 @@ def read_rule(f: Field, maker: KeyMaker, shadow: bool, taken: set[str]) -> Rule 
     keys = f.mapping(_RULE, required=("name",))
     if keys is None or "name" not in keys:
         return None
-    name = keys["name"].string(_NAME, "a rule name (letters, digits, . _ -, at most 64)")
+    name = keys["name"].string(RULE_NAME, "a rule name (letters, digits, . _ -, at most 64)")
     if name is not None and name in taken:
         keys["name"].fail("a name no other rule has", "duplicate")
     taken.add(name or "")

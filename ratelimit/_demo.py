@@ -23,7 +23,7 @@ __all__ = ["DemoError", "rate_limit_headers", "run_demo", "tightest"]
 T0 = 1_700_000_040.0  # a whole minute since the epoch: the demo's windows start at t=0
 _BURST, _SUSTAINED, _GLOBAL = "10/second", "20/minute", "15/minute"
 _NAMES = {"5/10s": "user", _BURST: "burst", _SUSTAINED: "sustained", _GLOBAL: "global"}
-_REDIS_HELP = (
+REDIS_HELP = (
     "use this Redis instead (needs the [redis] extra). Keys go under a random rl-demo-* prefix and are"
     " deleted afterwards; Redis gets 1 s per call (the library default is 50 ms); no time travel."
 )

@@ -30,7 +30,7 @@ from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import combine_fields, encode_fields
 from .limiter import Limiter
 from .request import Headers, RequestInfo
-from .rules import Rule, _slug
+from .rules import Rule, rule_slug
 
 __all__ = ["ASGIApp", "DenialHook", "Message", "RateLimit", "RateLimitMiddleware", "Receive", "Scope", "Send"]
 
@@ -384,7 +384,7 @@ class RateLimit:
             rule_name = self.name
         else:
             path = getattr(scope.get("route"), "path", None)
-            rule_name = _slug(f"dep {path}") if isinstance(path, str) else "dep"
+            rule_name = rule_slug(f"dep {path}") if isinstance(path, str) else "dep"
         enforcer = self._enforcers.get(rule_name)
         if enforcer is None:
             enforcer = Enforcer.for_adapter(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._config_read import _Invalid, read_document
+from ._config_read import Invalid, read_document
 from .ruleset import RuleSet
 
 __all__ = ["Config", "ConfigError", "ConfigSource", "load_config", "parse_config"]
@@ -54,7 +54,7 @@ def parse_config(text: str, source: str = "<config>", base: str | os.PathLike[st
     """Read config ``text`` (``source`` names it in errors; ``base`` resolves relative ``file:``)."""
     try:
         doc = read_document(text, source, Path(base) if base is not None else None)
-    except _Invalid as exc:
+    except Invalid as exc:
         raise ConfigError(exc.errors) from None
     ruleset = RuleSet(tuple(doc.rules), source=source, **doc.settings)
     digest = hashlib.sha256(text.encode()).hexdigest()

@@ -45,9 +45,10 @@ from django.utils.module_loading import import_string  # type: ignore[import-unt
 from . import context
 from .decorators import RateLimitExceeded
 from .enforce import Enforcer, Outcome
+from .headers import merge_fields
 from .limiter import Limiter
 from .rules import Rule
-from .wsgi import _merge_headers, request_info
+from .wsgi import request_info
 
 __all__ = ["RateLimitMiddleware", "render"]
 
@@ -149,7 +150,7 @@ class RateLimitMiddleware:
         if ctx.headers:
             names = {name.lower(): name for name, _ in reversed(ctx.headers)}  # first spelling wins
             present = [(name, response[name]) for name in names.values() if response.has_header(name)]
-            for name, value in _merge_headers([*present, *ctx.headers]):
+            for name, value in merge_fields([*present, *ctx.headers]):
                 response[name] = value
         return response
 

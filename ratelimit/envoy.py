@@ -21,7 +21,7 @@ from ._envoy_actions import SKIP, Action, constant_entry, header_entry, remote_a
 from ._rate import Rate
 from ._reader import Field
 from .request import RequestInfo
-from .rules import _NAME, Rule
+from .rules import RULE_NAME, Rule
 from .ruleset import Charge
 
 __all__ = [
@@ -168,7 +168,7 @@ def _read_limit(f: Field, label: str, shadow: bool) -> _Limit | None:
     keys = f.mapping(LIMIT_KEYS)
     if keys is None:
         return None
-    name = keys["name"].string(_NAME, "a name (letters, digits, . _ -)") if "name" in keys else None
+    name = keys["name"].string(RULE_NAME, "a name (letters, digits, . _ -)") if "name" in keys else None
     replaces: set[str] = set()
     for r in keys["replaces"].items() or [] if "replaces" in keys else []:
         got = r.mapping(("name",), required=("name",))

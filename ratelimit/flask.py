@@ -30,9 +30,10 @@ from ._rate import RateLike
 from .context import RequestContext
 from .decorators import RateLimitExceeded, register_context_finder
 from .enforce import Enforcer, MissingIdentity, Outcome
+from .headers import merge_fields
 from .limiter import Limiter
 from .rules import Rule
-from .wsgi import RateLimitMiddleware, _merge_headers, request_info
+from .wsgi import RateLimitMiddleware, request_info
 
 __all__ = ["RateLimit", "render"]
 
@@ -135,7 +136,7 @@ class RateLimit:
     def _after_request(self, response: flask.Response) -> flask.Response:
         ctx: RequestContext | None = flask.request.environ.get(_ENVIRON_KEY)
         if ctx is not None and ctx.headers:
-            merged = _merge_headers([*response.headers.items(), *ctx.headers])
+            merged = merge_fields([*response.headers.items(), *ctx.headers])
             response.headers.clear()
             response.headers.extend(merged)
         return response

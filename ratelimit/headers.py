@@ -29,6 +29,7 @@ __all__ = [
     "RATE_FIELDS",
     "combine_fields",
     "encode_fields",
+    "merge_fields",
     "policy_name",
     "problem_body",
     "rate_limit_headers",
@@ -230,3 +231,20 @@ def combine_fields(
     if retry:
         out.append((_RETRY, max(retry, key=_number)))
     return out
+
+
+def merge_fields(fields: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``fields`` with one set of rate limit fields, however many decisions added some.
+
+    The text-header twin of :func:`combine_fields` (which works on ASGI's bytes), for
+    the WSGI, Flask and Django adapters: ``RateLimit-Policy`` and ``RateLimit`` joined
+    into one list each, ``X-RateLimit-*`` from the tightest decision, the longest
+    ``Retry-After``. Other fields keep their order; rate limit fields keep the spelling
+    they were first given.
+    """
+    rate = [(n, v) for n, v in fields if n.lower().encode("latin-1", "replace") in RATE_FIELDS]
+    if len({n.lower() for n, _ in rate}) == len(rate):
+        return list(fields)
+    spelling = {n.lower(): n for n, _ in reversed(rate)}
+    merged = [(spelling[n.decode("latin-1")], v.decode("latin-1")) for n, v in combine_fields((), rate)]
+    return [(n, v) for n, v in fields if n.lower().encode("latin-1", "replace") not in RATE_FIELDS] + merged

@@ -14,7 +14,18 @@ from .keys import constant
 from .matchers import HeaderMatch, HostPattern
 from .request import RequestInfo
 
-__all__ = ["UNLIMITED", "Rule", "Tiers", "compile_path", "parse_limits", "rules_from_limits"]
+__all__ = [
+    "RULE_NAME",
+    "UNLIMITED",
+    "Rule",
+    "Tiers",
+    "bounded_name",
+    "compile_path",
+    "parse_limits",
+    "rule_slug",
+    "rules_from_limits",
+    "unique_name",
+]
 
 UNLIMITED: tuple[Rate, ...] = ()
 """The limits of an identity or tier that is never counted."""
@@ -50,7 +61,8 @@ class Tiers:
         object.__setattr__(self, "default", parse_limits(self.default))
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""What a rule name may be: letters, digits, ``.``, ``_`` and ``-``, at most 64 characters."""
 
 
 def compile_path(pattern: str) -> re.Pattern[str]:
@@ -137,8 +149,8 @@ class Rule:
     lookups: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise ValueError(f"rule name must match {_NAME.pattern}, got {self.name!r}")
+        if not isinstance(self.name, str) or not RULE_NAME.fullmatch(self.name):
+            raise ValueError(f"rule name must match {RULE_NAME.pattern}, got {self.name!r}")
         object.__setattr__(self, "rates", parse_limits(self.rates))
         object.__setattr__(self, "overrides", {str(k): parse_limits(v) for k, v in self.overrides.items()})
         object.__setattr__(self, "replaces", frozenset(self.replaces))
@@ -236,7 +248,7 @@ class Rule:
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 
 
-def _slug(text: str) -> str:
+def rule_slug(text: str) -> str:
     """A rule name from a pattern or path: ``GET /items/*`` -> ``get-items-any``."""
     plain = text.replace("**", "all").replace("*", "any")
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", plain).strip("-._").lower() or "root"
@@ -277,6 +289,6 @@ def rules_from_limits(limits: Mapping[str, RateLike], key: Any) -> list[Rule]:
         if unknown:
             raise ValueError(f"unknown HTTP method(s) {unknown} in limits key {spec!r}")
         path = path.strip()
-        name = unique_name(_slug(" ".join([*methods, path])), taken)
+        name = unique_name(rule_slug(" ".join([*methods, path])), taken)
         rules.append(Rule.of(name, rates, key, paths=path, methods=methods))
     return rules

@@ -24,7 +24,7 @@ used for decorator denials only when werkzeug is installed.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +32,7 @@ from . import context
 from ._rate import RateLike
 from .decorators import RateLimitExceeded
 from .enforce import Enforcer, MissingIdentity, Outcome
-from .headers import RATE_FIELDS as _RATE_FIELDS
-from .headers import combine_fields as _combine
+from .headers import merge_fields
 from .request import Headers, RequestInfo
 from .rules import Rule
 
@@ -158,7 +157,7 @@ class RateLimitMiddleware:
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if ctx.headers:
-                headers = _merge_headers([*headers, *ctx.headers])
+                headers = merge_fields([*headers, *ctx.headers])
             return start_response(status, headers, exc_info)
 
         token = context.current.set(ctx)
@@ -249,19 +248,3 @@ def _native(response_class: Any, outcome: Outcome) -> Any:
     return response_class(
         outcome.body, status=outcome.status, headers=outcome.headers, content_type=outcome.content_type
     )
-
-
-def _merge_headers(fields: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    """``fields`` with one set of rate limit fields, however many decisions added some.
-
-    The rules are the ASGI adapter's (:func:`ratelimit.headers.combine_fields`): ``RateLimit-Policy``
-    and ``RateLimit`` joined into one list each, ``X-RateLimit-*`` from the tightest
-    decision, the longest ``Retry-After``. Other fields keep their order; rate limit
-    fields keep the spelling they were first given.
-    """
-    rate = [(n, v) for n, v in fields if n.lower().encode("latin-1", "replace") in _RATE_FIELDS]
-    if len({n.lower() for n, _ in rate}) == len(rate):
-        return list(fields)
-    spelling = {n.lower(): n for n, _ in reversed(rate)}
-    merged = [(spelling[n.decode("latin-1")], v.decode("latin-1")) for n, v in _combine((), rate)]
-    return [(n, v) for n, v in fields if n.lower().encode("latin-1", "replace") not in _RATE_FIELDS] + merged

@@ -13,7 +13,7 @@ from typing import Any
 from .._rate import MAX_LIMIT
 from ..envoy import DESCRIPTOR_KEYS, LIMIT_KEYS
 from ..envoy import UNITS as _UNIT_SECONDS
-from ..rules import _NAME
+from ..rules import RULE_NAME
 from ._manifest import Manifest, Report, as_dict, as_list
 
 __all__ = ["ServiceConfig", "read_service_configs"]
@@ -146,7 +146,7 @@ def _rate_limit(limit: dict[str, Any], where: str, m: Manifest, report: Report) 
 
 def _limit_name(name: str, where: str, m: Manifest, report: Report) -> str:
     """A limit name the engine accepts (it names metrics); the same input always maps alike."""
-    if _NAME.fullmatch(name):
+    if RULE_NAME.fullmatch(name):
         return name
     fixed = (re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or "limit")[:64]
     report.add(m, "approximated", where, f"name {name!r} written as {fixed!r} (letters, digits, . _ -)")
