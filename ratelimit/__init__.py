@@ -13,7 +13,7 @@ when they moved to Istio Ambient mode.
 
 from __future__ import annotations
 
-from ._decision import Decision, LimitStatus
+from ._decision import Decision, LimitStatus, Receipt
 from ._rate import Rate, RateParseError, parse_rates
 from .backends.base import Backend, BackendError
 from .enforce import Enforcer
@@ -30,6 +30,7 @@ __all__ = [
     "Limiter",
     "Rate",
     "RateParseError",
+    "Receipt",
     "RequestInfo",
     "Rule",
     "__version__",

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._rate import Rate
 
-__all__ = ["Decision", "LimitStatus"]
+if TYPE_CHECKING:
+    from ._plan import Plan
+
+__all__ = ["Decision", "LimitStatus", "Receipt"]
+
+
+class Receipt:
+    """What an allowed hit charged, so that it can be given back once.
+
+    :meth:`ratelimit.Limiter.refund` takes a Decision's receipt: the first refund gets
+    the charge, every later one (from any thread or task) gets nothing, so a charge is
+    never given back twice.
+    """
+
+    __slots__ = ("_once",)
+
+    def __init__(self, plan: Plan, nows: Sequence[int]) -> None:
+        self._once = iter(((plan, nows),))
+
+    def take(self) -> tuple[Plan, Sequence[int]] | None:
+        """The charge (the plan and the server times it was counted at), the first time only."""
+        # next() on a C iterator is one atomic step: two concurrent takers cannot both win.
+        return next(self._once, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +76,19 @@ class Decision:
         if not limiter.hit(user, "10/second"):
             ...
 
-    Decisions are values: compare them with ``==``; treat them as read-only.
+    Decisions are values: compare them with ``==``; they are read-only. ``receipt`` is
+    set on an allowed hit that charged counters (for :meth:`ratelimit.Limiter.refund`);
+    ``from_cache`` is true when the deny cache answered without the backend.
     """
 
     __slots__ = (
-        "_charge",
         "_limits",
         "_make_limits",
         "allowed",
         "fallback",
         "from_cache",
         "limit",
+        "receipt",
         "remaining",
         "reset_after",
         "retry_after",
@@ -77,8 +101,11 @@ class Decision:
         remaining: int,
         reset_after: float,
         retry_after: float,
-        limits: tuple[LimitStatus, ...] = (),
+        limits: tuple[LimitStatus, ...] | Callable[[], tuple[LimitStatus, ...]] = (),
         fallback: bool = False,
+        *,
+        receipt: Receipt | None = None,
+        from_cache: bool = False,
     ) -> None:
         self.allowed = allowed
         self.limit = limit
@@ -86,10 +113,12 @@ class Decision:
         self.reset_after = reset_after
         self.retry_after = retry_after
         self.fallback = fallback
-        self.from_cache = False  # answered by the deny cache, without the backend
-        self._charge: Any = None  # (plan, server times) when this decision charged counters
-        self._limits = limits
-        self._make_limits: Callable[[], tuple[LimitStatus, ...]] | None = None
+        self.from_cache = from_cache
+        self.receipt = receipt
+        # ``limits`` may be a function that builds them on first access (most callers
+        # never look at them, and building them is most of a decision's cost).
+        self._make_limits = limits if callable(limits) else None
+        self._limits: tuple[LimitStatus, ...] = () if callable(limits) else limits
 
     @property
     def limits(self) -> tuple[LimitStatus, ...]:
@@ -146,17 +175,33 @@ class Decision:
         )
 
     @classmethod
-    def from_limits(cls, allowed: bool, limits: tuple[LimitStatus, ...], fallback: bool = False) -> Decision:
+    def from_limits(
+        cls,
+        allowed: bool,
+        limits: tuple[LimitStatus, ...],
+        fallback: bool = False,
+        *,
+        receipt: Receipt | None = None,
+    ) -> Decision:
         """Build a Decision whose headline numbers are those of the tightest limit."""
         if not limits:
-            return cls(True, 0, 0, 0.0, 0.0, (), fallback)
+            return cls(True, 0, 0, 0.0, 0.0, (), fallback, receipt=receipt)
         if allowed:
             tight = min(limits, key=_allowed_order)
             retry = 0.0
         else:
             tight = max(limits, key=_denied_order)
             retry = tight.retry_after
-        return cls(allowed, tight.rate.limit, tight.remaining, tight.reset_after, retry, limits, fallback)
+        return cls(
+            allowed,
+            tight.rate.limit,
+            tight.remaining,
+            tight.reset_after,
+            retry,
+            limits,
+            fallback,
+            receipt=receipt,
+        )
 
 
 def _allowed_order(s: LimitStatus) -> tuple[int, int, float]:

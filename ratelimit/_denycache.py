@@ -51,23 +51,22 @@ class DenyCache:
             return None
         self.hits += 1
         age = now - stored_at
-        fresh = Decision(
+        return Decision(
             False,
             decision.limit,
             decision.remaining,
             max(0.0, decision.reset_after - age),
             max(0.0, decision.retry_after - age),
+            lambda: tuple(
+                replace(
+                    s,
+                    retry_after=max(0.0, s.retry_after - age),
+                    reset_after=max(0.0, s.reset_after - age),
+                )
+                for s in decision.limits
+            ),
+            from_cache=True,
         )
-        fresh.from_cache = True
-        fresh._make_limits = lambda: tuple(
-            replace(
-                s,
-                retry_after=max(0.0, s.retry_after - age),
-                reset_after=max(0.0, s.reset_after - age),
-            )
-            for s in decision.limits
-        )
-        return fresh
 
     def put(self, plan: Plan, decision: Decision) -> None:
         """Remember a denial (from the backend, not a fallback) until its retry-after."""

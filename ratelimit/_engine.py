@@ -141,11 +141,8 @@ class Engine:
         if breaker.is_open:
             breaker.success()
         decision = decide(plan, *raw)
-        if not decision.allowed:
-            if self.deny_cache is not None:
-                self.deny_cache.put(plan, decision)
-        elif plan.commit:
-            decision._charge = (plan, raw[1])
+        if not decision.allowed and self.deny_cache is not None:
+            self.deny_cache.put(plan, decision)
         return decision
 
     def _fallback(
@@ -231,7 +228,7 @@ class Engine:
         Best effort: returns False when there is nothing to refund (a denial, a peek,
         a fallback) or the backend failed (logged, never raised).
         """
-        charge = _take_charge(decision)
+        charge = decision.receipt.take() if decision.receipt is not None else None
         if charge is None:
             return False
         try:
@@ -243,7 +240,7 @@ class Engine:
 
     async def arefund(self, decision: Decision) -> bool:
         """Async :meth:`refund`."""
-        charge = _take_charge(decision)
+        charge = decision.receipt.take() if decision.receipt is not None else None
         if charge is None:
             return False
         try:
@@ -318,12 +315,6 @@ class Engine:
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
-
-
-def _take_charge(decision: Decision) -> Any:
-    """What ``decision`` charged, at most once (a refund must not give back twice)."""
-    charge, decision._charge = decision._charge, None
-    return charge
 
 
 def _error_kind(error: BaseException) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ._decision import Decision, LimitStatus
+from ._decision import Decision, LimitStatus, Receipt
 from ._keyspace import Identity, KeySpace
 from ._rate import Rate, RateLike, parse_rates
 from ._window import reset_after_us, retry_after_us
@@ -79,8 +79,9 @@ def decide(plan: Plan, allowed: bool, nows: Sequence[int], counts: Sequence[int]
     per counter; they differ only across Redis Cluster nodes); ``counts`` is the flat
     ``[p, c, ...]`` the script returned, after the request.
     """
+    receipt = Receipt(plan, nows) if allowed and plan.commit else None
     if len(plan.entries) > 1:
-        return Decision.from_limits(allowed, _statuses(plan, allowed, nows, counts))
+        return Decision.from_limits(allowed, _statuses(plan, allowed, nows, counts), receipt=receipt)
     # One limit (the common case): the headline numbers straight from the counts, the
     # LimitStatus only if someone asks for it.
     _, _, rate, cost = plan.entries[0]
@@ -92,9 +93,15 @@ def decide(plan: Plan, allowed: bool, nows: Sequence[int], counts: Sequence[int]
         remaining = 0
     reset = 2 * w - elapsed if c > 0 else (w - elapsed if p > 0 else 0)
     retry = 0 if allowed else retry_after_us(p, c, now, w, limit, cost)
-    decision = Decision(allowed, limit, remaining, reset / 1e6, retry / 1e6)
-    decision._make_limits = lambda: _statuses(plan, allowed, nows, counts)
-    return decision
+    return Decision(
+        allowed,
+        limit,
+        remaining,
+        reset / 1e6,
+        retry / 1e6,
+        lambda: _statuses(plan, allowed, nows, counts),
+        receipt=receipt,
+    )
 
 
 def _statuses(

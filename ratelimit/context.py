@@ -42,7 +42,7 @@ class RequestContext:
     def record(self, limiter: Any, outcome: Outcome) -> None:
         """Remember what an allowed ``outcome`` charged, for a later denial to refund."""
         for decision in (outcome.decision, outcome.shadow):
-            if decision is not None and decision._charge is not None:
+            if decision is not None and decision.receipt is not None:
                 if self.charges is None:
                     self.charges = []
                 self.charges.append((limiter, decision))

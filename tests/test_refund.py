@@ -182,3 +182,20 @@ def test_refund_across_cluster_slots(redis_cluster: Any) -> None:
         d = limiter.hit_many([("alice", "3/minute"), ("bob", "3/minute"), ("carol", "3/minute")])
         assert d.allowed and limiter.refund(d)
         assert [limiter.peek(who, "3/minute").remaining for who in ("alice", "bob", "carol")] == [3, 3, 3]
+
+
+def test_a_receipt_refunds_once_even_from_many_threads() -> None:
+    """Concurrent refunds of one decision give the charge back exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ratelimit import Limiter, Receipt
+
+    with Limiter() as limiter:
+        for _ in range(20):
+            d = limiter.hit("r", "100/minute")
+            assert isinstance(d.receipt, Receipt)
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(limiter.refund, [d] * 8))
+            assert answers.count(True) == 1
+        assert limiter.peek("r", "100/minute").remaining == 100  # every charge came back once
+        assert limiter.peek("r", "1/minute").receipt is None  # a peek charges nothing
