@@ -14,8 +14,10 @@ decorators on one endpoint are decided together, all or nothing::
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +36,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 ContextFinder = Callable[[tuple[Any, ...], dict[str, Any]], "context.RequestContext | None"]
 """Finds the request of a decorated call from its ``(args, kwargs)``, or returns None."""
 _finders: list[ContextFinder] = []
+
+# The adapters that bring a finder for a framework's own request objects. They register
+# it when imported; a decorated endpoint on an app that never imported its adapter
+# (no middleware, a Request parameter) loads it here, so finding the request does not
+# depend on what the app happened to import first.
+_BUILTIN_FINDERS: tuple[tuple[str, str], ...] = (
+    ("starlette", "ratelimit.asgi"),
+    ("flask", "ratelimit.flask"),
+)
 
 
 class RateLimitExceeded(Exception):
@@ -54,14 +65,24 @@ def register_context_finder(finder: ContextFinder) -> None:
         _finders.append(finder)
 
 
+def _load_builtin_finders() -> None:
+    """Import the adapters of the frameworks this process uses (each registers its finder)."""
+    for framework, adapter in _BUILTIN_FINDERS:
+        if framework in sys.modules and adapter not in sys.modules:
+            importlib.import_module(adapter)
+
+
 def _find_context(args: tuple[Any, ...], kwargs: dict[str, Any]) -> context.RequestContext:
     ctx = context.current.get()
     if ctx is not None:
         return ctx
-    for finder in _finders:
-        ctx = finder(args, kwargs)
-        if ctx is not None:
-            return ctx
+    for attempt in range(2):
+        for finder in _finders:
+            ctx = finder(args, kwargs)
+            if ctx is not None:
+                return ctx
+        if attempt == 0:
+            _load_builtin_finders()
     raise RuntimeError(
         "@limiter.limit cannot see the request: add ratelimit's middleware to the app "
         "(ratelimit.asgi.RateLimitMiddleware, ratelimit.wsgi.RateLimitMiddleware or "

@@ -85,3 +85,32 @@ def test_default_rule_names_are_stable_and_bounded() -> None:
     (rule,) = wrapped.__ratelimit_rules__
     assert len(rule.name) <= 64 and rule.name.startswith("test_decorators.")
     assert isinstance(Outcome("skip"), Outcome)
+
+
+def test_decorator_finds_the_request_without_importing_the_adapter_first() -> None:
+    """A decorated endpoint with a Request parameter works though ratelimit.asgi was never imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, sys, httpx\n"
+        "from starlette.applications import Starlette\n"
+        "from starlette.requests import Request\n"
+        "from starlette.responses import PlainTextResponse\n"
+        "from starlette.routing import Route\n"
+        "from ratelimit import Limiter\n"
+        "assert 'ratelimit.asgi' not in sys.modules\n"
+        "limiter = Limiter()\n"
+        "@limiter.limit('1/minute')\n"
+        "async def ep(request: Request):\n"
+        "    return PlainTextResponse('ok')\n"
+        "app = Starlette(routes=[Route('/', ep)])\n"
+        "async def main():\n"
+        "    t = httpx.ASGITransport(app=app)\n"
+        "    async with httpx.AsyncClient(transport=t, base_url='http://t') as c:\n"
+        "        print([(await c.get('/')).status_code for _ in range(2)])\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[200, 429]"
