@@ -69,8 +69,8 @@ async def test_memory_tasks_admit_exactly_n() -> None:
 @pytest.mark.slow
 def test_a_million_subjects_stay_under_the_cap() -> None:
     """A flood of one million distinct subjects grows neither the store nor any cache past its cap."""
+    from ratelimit._engine import _PLAN_CACHE_SIZE
     from ratelimit._keyspace import _tag_of_str
-    from ratelimit.limiter import _PLAN_CACHE_SIZE
 
     limiter = Limiter(max_keys=10_000)
     backend = limiter.backend

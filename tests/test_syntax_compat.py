@@ -15,7 +15,19 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "ratelimit"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "ratelimit"
+# The package, and everything else that runs on every supported Python (nox's compat
+# sessions run the tests there too).
+SOURCES = sorted(
+    [
+        *PACKAGE.rglob("*.py"),
+        *(ROOT / "tests").rglob("*.py"),
+        *(ROOT / "examples").rglob("*.py"),
+        *(ROOT / "bench").rglob("*.py"),
+        ROOT / "noxfile.py",
+    ]
+)
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 
@@ -68,7 +80,7 @@ def async_inside_sync_comprehension(tree: ast.AST) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_async_comprehension_inside_a_sync_one(path: Path) -> None:
     """No module nests an awaiting comprehension in a plain one (a SyntaxError on 3.10)."""
     lines = async_inside_sync_comprehension(ast.parse(path.read_text(encoding="utf-8")))
