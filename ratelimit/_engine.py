@@ -137,7 +137,22 @@ class Engine:
             breaker = self._shard_breakers[shard] = CircuitBreaker()
         return breaker
 
-    def _finish(self, plan: Plan, raw: tuple[bool, Any, Any], breaker: CircuitBreaker) -> Decision:
+    def _before(self, plan: Plan) -> tuple[Decision | None, CircuitBreaker]:
+        """What comes before the backend: the deny cache, then the shard's breaker."""
+        if self.deny_cache is not None:
+            cached = self.deny_cache.get(plan)
+            if cached is not None:
+                return cached, self._breaker
+        breaker = self._breaker if self._shard_of is None else self._breaker_for(self._shard_of(plan))
+        if not breaker.allow():
+            return self._fallback(plan, None), breaker
+        return None, breaker
+
+    def _finish(
+        self, plan: Plan, raw: tuple[bool, Any, Any], breaker: CircuitBreaker, started: float
+    ) -> Decision:
+        if self.metrics is not None:
+            self.metrics.backend_latency(self.backend.name, perf_counter() - started)
         if breaker.is_open:
             breaker.success()
         decision = decide(plan, *raw)
@@ -169,21 +184,15 @@ class Engine:
     # -- sync ----------------------------------------------------------------------
 
     def _run(self, plan: Plan) -> Decision:
-        if self.deny_cache is not None:
-            cached = self.deny_cache.get(plan)
-            if cached is not None:
-                return cached
-        breaker = self._breaker if self._shard_of is None else self._breaker_for(self._shard_of(plan))
-        if not breaker.allow():
-            return self._fallback(plan, None)
+        early, breaker = self._before(plan)
+        if early is not None:
+            return early
         started = perf_counter() if self.metrics is not None else 0.0
         try:
             raw = self.backend.evaluate(plan)
         except BackendError as exc:
             return self._fallback(plan, exc, breaker)
-        if self.metrics is not None:
-            self.metrics.backend_latency(self.backend.name, perf_counter() - started)
-        return self._finish(plan, raw, breaker)
+        return self._finish(plan, raw, breaker, started)
 
     def hit(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
         """Count a hit of ``cost`` against ``identity``'s ``rate`` if it fits.
@@ -265,21 +274,15 @@ class Engine:
     # -- async: the same steps, awaiting the backend -----------------------------------
 
     async def _arun(self, plan: Plan) -> Decision:
-        if self.deny_cache is not None:
-            cached = self.deny_cache.get(plan)
-            if cached is not None:
-                return cached
-        breaker = self._breaker if self._shard_of is None else self._breaker_for(self._shard_of(plan))
-        if not breaker.allow():
-            return self._fallback(plan, None)
+        early, breaker = self._before(plan)
+        if early is not None:
+            return early
         started = perf_counter() if self.metrics is not None else 0.0
         try:
             raw = await self.backend.aevaluate(plan)
         except BackendError as exc:
             return self._fallback(plan, exc, breaker)
-        if self.metrics is not None:
-            self.metrics.backend_latency(self.backend.name, perf_counter() - started)
-        return self._finish(plan, raw, breaker)
+        return self._finish(plan, raw, breaker, started)
 
     async def ahit(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
         """Async :meth:`hit`."""
