@@ -2,7 +2,7 @@
 
 Sections (append new ones at the end, each under its own banner):
 
-1. Real Redis servers -- started by the suite itself from ``tests/redis_servers.py`` on
+1. Real Redis servers -- started by the suite itself from ``tests/support/redis_servers.py`` on
    free loopback ports; never the machine's own Redis.
 2. Redis Cluster with replicas -- for failover tests that kill masters.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_servers import (
+from support.redis_servers import (
     RedisACLServer,
     RedisCluster,
     RedisSentinel,

@@ -1,0 +1,1 @@
+"""What the tests share: real Redis servers, a fault proxy, config and Lua helpers, test apps."""
