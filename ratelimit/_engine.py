@@ -20,6 +20,7 @@ from ._failure import FAILURE_MODES, CircuitBreaker, FailureMode
 from ._keyspace import Identity, KeySpace
 from ._plan import HitItem, Plan, check_cost, decide, fallback_decision, make_plan
 from ._rate import RateLike, parse_rates
+from ._sinks import MetricsSink
 from .backends.base import Backend, BackendError
 from .backends.memory import DEFAULT_MAX_KEYS, MemoryBackend
 from .ruleset import RuleSet
@@ -52,7 +53,7 @@ class Engine:
         clock: Callable[[], float] | None = None,
         max_keys: int = DEFAULT_MAX_KEYS,
         coalesce: bool = True,
-        metrics: Any = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         if failure_mode not in FAILURE_MODES:
             raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, got {failure_mode!r}")

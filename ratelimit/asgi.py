@@ -25,6 +25,7 @@ from typing import Any
 
 from . import context
 from ._rate import RateLike
+from ._sinks import MetricsSink
 from .decorators import RateLimitExceeded, register_context_finder
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import combine_fields, encode_fields
@@ -161,7 +162,7 @@ class RateLimitMiddleware:
         headers: bool | None = None,
         legacy_headers: bool | None = None,
         websockets: bool = True,
-        metrics: Any = None,
+        metrics: MetricsSink | None = None,
         on_denied: DenialHook | None = None,
         trusted_proxies: int | None = None,
     ) -> None:
@@ -355,7 +356,7 @@ class RateLimit:
         missing_identity: MissingIdentity | None = None,
         headers: bool | None = None,
         legacy_headers: bool | None = None,
-        metrics: Any = None,
+        metrics: MetricsSink | None = None,
         trusted_proxies: int | None = None,
     ) -> None:
         from starlette.requests import Request

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from ._charges import plan_charges, policies, split_charges
 from ._decision import Decision
 from ._engine import Engine
+from ._sinks import MetricsSink
 from .headers import problem_body, rate_limit_headers
 from .keys import AsyncKeyError, client_ip, resolve, resolve_async
 from .metrics import NullMetrics
@@ -111,7 +112,7 @@ class Enforcer:
         missing_identity: MissingIdentity | None = None,
         headers: bool | None = None,
         legacy_headers: bool | None = None,
-        metrics: Any = None,
+        metrics: MetricsSink | None = None,
         adapter: str = "custom",
         trusted_proxies: int | None = None,
         config_rules: bool = False,

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import flask
 
 from ._rate import RateLike
+from ._sinks import MetricsSink
 from .context import RequestContext
 from .decorators import RateLimitExceeded, register_context_finder
 from .enforce import Enforcer, MissingIdentity, Outcome
@@ -89,7 +90,7 @@ class RateLimit:
         missing_identity: MissingIdentity | None = None,
         headers: bool | None = None,
         legacy_headers: bool | None = None,
-        metrics: Any = None,
+        metrics: MetricsSink | None = None,
         mode: Literal["middleware", "hooks"] = "middleware",
         trusted_proxies: int | None = None,
     ) -> None:

@@ -35,6 +35,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[i
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from ._rate import Rate
+from ._sinks import MetricsSink
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import retry_after_header
 from .limiter import Limiter
@@ -193,7 +194,7 @@ class _Base:
         key: Any = None,
         rules: Iterable[Rule] = (),
         missing_identity: MissingIdentity | None = None,
-        metrics: Any = None,
+        metrics: MetricsSink | None = None,
         trusted_proxies: int | None = None,
     ) -> None:
         explicit = list(rules)

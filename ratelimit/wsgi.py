@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import context
 from ._rate import RateLike
+from ._sinks import MetricsSink
 from .decorators import RateLimitExceeded
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import merge_fields
@@ -115,7 +116,7 @@ class RateLimitMiddleware:
         missing_identity: MissingIdentity | None = None,
         headers: bool | None = None,
         legacy_headers: bool | None = None,
-        metrics: Any = None,
+        metrics: MetricsSink | None = None,
         on_denied: OnDenied | None = None,
         trusted_proxies: int | None = None,
     ) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .._plan import Plan
 from .._scripts import LuaScript, lua_script
+from .._sinks import MetricsSink
 from ._batcher import Batcher
 from ._codec import decode, encode
 from ._nodes import Cluster, Node, ScriptCall
@@ -119,7 +120,7 @@ class RedisBackend:
         self.cluster = self.target.kind == "cluster" if self.target else _is_cluster(client or async_client)
         self.sharded = self.cluster
         """Several servers hold the counters: the limiter keeps a circuit breaker per server."""
-        self.metrics: Any = None  # a ratelimit.metrics.Metrics, set by the Limiter
+        self.metrics: MetricsSink | None = None  # set by the Limiter
 
     def __repr__(self) -> str:
         where = self.target.redacted() if self.target else "given client"

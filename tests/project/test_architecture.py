@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "_plan",
             "_decision",
             "_scripts",
+            "_sinks",
             "request",
             "ruleset",
             "_reader",
