@@ -21,6 +21,7 @@ from ._keyspace import Identity, KeySpace
 from ._plan import HitItem, Plan, check_cost, decide, fallback_decision, make_plan
 from ._rate import RateLike, parse_rates
 from ._sinks import MetricsSink
+from .backends._schemes import BackendOptions, backend_from_url
 from .backends.base import Backend, BackendError
 from .backends.memory import DEFAULT_MAX_KEYS, MemoryBackend
 from .ruleset import RuleSet
@@ -345,26 +346,4 @@ def _make_backend(
                 "clock= applies to storage='memory://'; pass it to the backend you construct instead"
             )
         return storage
-    scheme = storage.split("://", 1)[0].lower() if "://" in storage else ""
-    if scheme == "memory":
-        return MemoryBackend(max_keys=max_keys, clock=clock)
-    if clock is not None:
-        raise ValueError(
-            "clock= applies to the memory backend only: Redis TIME is the clock of Redis backends"
-        )
-    if scheme in (
-        "redis",
-        "rediss",
-        "unix",
-        "redis+cluster",
-        "rediss+cluster",
-        "redis+sentinel",
-        "rediss+sentinel",
-    ):
-        from .backends.redis import RedisBackend
-
-        return RedisBackend(storage, timeout=timeout, coalesce=coalesce)
-    raise ValueError(
-        f"unknown storage {storage!r}: use 'memory://' or a Redis URL "
-        "(redis://, rediss://, unix://, redis+cluster://, redis+sentinel://)"
-    )
+    return backend_from_url(storage, BackendOptions(timeout, coalesce, max_keys, clock))

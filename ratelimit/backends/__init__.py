@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from ._schemes import BackendOptions, register_scheme
 from .base import Backend, BackendError, RawResult, SyncBackend
 from .memory import MemoryBackend
 
-__all__ = ["Backend", "BackendError", "MemoryBackend", "RawResult", "SyncBackend"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendOptions",
+    "MemoryBackend",
+    "RawResult",
+    "SyncBackend",
+    "register_scheme",
+]

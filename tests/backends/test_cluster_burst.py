@@ -27,9 +27,9 @@ from support.redis_servers import RedisCluster
 
 from ratelimit import Decision, Limiter, parse_rates
 from ratelimit.asgi import RateLimitMiddleware
-from ratelimit.backends import _nodes
-from ratelimit.backends import redis as redis_backend
-from ratelimit.backends._slots import slot_of
+from ratelimit.backends.redis import _backend as redis_backend
+from ratelimit.backends.redis import _nodes
+from ratelimit.backends.redis._slots import slot_of
 from ratelimit.keys import header
 from ratelimit.metrics import NullMetrics
 

@@ -244,3 +244,21 @@ def test_bad_closed_retry_after(value: object) -> None:
     """closed_retry_after must be a positive number of seconds."""
     with pytest.raises(ValueError, match="closed_retry_after"):
         Limiter(closed_retry_after=value)  # type: ignore[arg-type]
+
+
+def test_storage_schemes_come_from_a_registry() -> None:
+    """A backend registered for a scheme serves Limiter(URL); unknown schemes name the known ones."""
+    from ratelimit.backends import BackendOptions, MemoryBackend, register_scheme
+
+    made: list[tuple[str, BackendOptions]] = []
+
+    def factory(url: str, options: BackendOptions) -> MemoryBackend:
+        made.append((url, options))
+        return MemoryBackend(max_keys=options.max_keys)
+
+    register_scheme(factory, "test-only")
+    limiter = Limiter("test-only://anything", max_keys=123)
+    assert made == [("test-only://anything", BackendOptions(0.05, True, 123, None))]
+    assert limiter.hit("a", "1/minute").allowed
+    with pytest.raises(ValueError, match="redis://"):
+        Limiter("nosuch://x")

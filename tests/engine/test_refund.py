@@ -18,8 +18,8 @@ from ratelimit._plan import make_plan
 from ratelimit._rate import Rate
 from ratelimit._scripts import lua_script
 from ratelimit._window import refund_one, run_one
-from ratelimit.backends._codec import refund_args
 from ratelimit.backends.memory import _BoundedStore
+from ratelimit.backends.redis._codec import refund_args
 from ratelimit.keys import header
 from ratelimit.testing import FakeClock
 

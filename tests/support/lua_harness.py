@@ -13,8 +13,8 @@ from typing import Any
 from ratelimit._keyspace import glob_escape
 from ratelimit._plan import Plan
 from ratelimit._scripts import lua_script
-from ratelimit.backends._codec import decode, encode, refund_args
 from ratelimit.backends.base import RawResult, SyncBackend
+from ratelimit.backends.redis._codec import decode, encode, refund_args
 
 SCRIPT = lua_script("sliding_window")
 REFUND = lua_script("refund")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._plan import Plan
-from .base import BackendError, RawResult
+from ..._plan import Plan
+from ..base import BackendError, RawResult
 
 __all__ = ["decode", "encode", "refund_args"]
 

@@ -1,14 +1,4 @@
-"""The Redis backend: standalone, TLS, Cluster and Sentinel; sync and asyncio.
-
-One script call decides a request, with Redis TIME as the only clock. The sync path uses
-redis-py, every socket wait bounded by the timeout budget. The asyncio path (the one
-ASGI and grpc.aio services use) has its own pipelined connections (``_wire``,
-``_nodes``): concurrent requests are coalesced into shared script calls
-(``_batcher``), calls are pipelined per server, and the budget bounds Redis's answer
-from the moment a call is written, never the time it waited in this process. EVALSHA
-is used throughout; when the server does not know the script (restart, failover,
-SCRIPT FLUSH) the call is repeated once as EVAL, which also caches it.
-"""
+"""The Redis backend class; the package docstring (``ratelimit.backends.redis``) says how it works."""
 
 from __future__ import annotations
 
@@ -18,9 +8,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._plan import Plan
-from .._scripts import LuaScript, lua_script
-from .._sinks import MetricsSink
+from ..._plan import Plan
+from ..._scripts import LuaScript, lua_script
+from ..._sinks import MetricsSink
+from ..base import BackendError, RawResult
 from ._batcher import Batcher
 from ._codec import decode, encode
 from ._nodes import Cluster, Node, ScriptCall
@@ -34,7 +25,6 @@ from ._redis_urls import (
 )
 from ._slots import merge_slots, refund_calls, slot_groups, slot_of, subplan
 from ._wire import BackendTimeout, Endpoint
-from .base import BackendError, RawResult
 
 try:
     from redis.exceptions import NoScriptError
@@ -64,7 +54,7 @@ class RedisBackend:
     """Counters in Redis, decided by ``lua/sliding_window.lua``.
 
     Args:
-        url: a Redis URL (see :mod:`ratelimit.backends._redis_urls` for the forms:
+        url: a Redis URL (see :mod:`ratelimit.backends.redis._redis_urls` for the forms:
             ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
             ``redis+sentinel://``). Or pass ready clients instead.
         client: a sync ``redis.Redis``/``RedisCluster`` to use instead of ``url``.
@@ -369,7 +359,7 @@ def _is_cluster(client: Any) -> bool:
 
 
 def _delete_sync(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> int:
-    from .._keyspace import glob_escape
+    from ..._keyspace import glob_escape
 
     found = set(keys)
     for prefix in prefixes:
@@ -382,7 +372,7 @@ def _delete_sync(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> i
 
 
 async def _delete_async(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> int:
-    from .._keyspace import glob_escape
+    from ..._keyspace import glob_escape
 
     found = set(keys)
     for prefix in prefixes:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .base import BackendError
+from ..base import BackendError
 
 try:
     import hiredis

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._plan import Plan
+from ..._plan import Plan
+from ..base import RawResult
 from ._codec import refund_args
-from .base import RawResult
 
 __all__ = ["merge_slots", "refund_calls", "slot_groups", "slot_of", "subplan"]
 

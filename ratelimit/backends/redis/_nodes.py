@@ -20,9 +20,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .._scripts import LuaScript
+from ..._scripts import LuaScript
+from ..base import BackendError
 from ._wire import BackendTimeout, Connection, Endpoint, ReplyError, WireError, open_connection, pack_command
-from .base import BackendError
 
 __all__ = ["Cluster", "Node", "ScriptCall"]
 

@@ -15,11 +15,11 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from .._plan import Plan
-from .._scripts import LuaScript
+from ..._plan import Plan
+from ..._scripts import LuaScript
+from ..base import BackendError, RawResult
 from ._codec import decode, encode
 from ._nodes import ScriptCall
-from .base import BackendError, RawResult
 
 __all__ = ["Batcher", "Router"]
 
