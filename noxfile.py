@@ -69,6 +69,8 @@ if MISSING:
         file=sys.stderr,
     )
 
+PYTEST = ("python", "-m", "pytest", "-p", "no:cacheprovider")
+
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.error_on_missing_interpreters = CI
 nox.options.sessions = ["tests", "compat", "build", "wheel"]
@@ -95,16 +97,7 @@ def compat(session: nox.Session) -> None:
     """Another supported Python: import every module, then the suite without Cluster/Sentinel/slow."""
     session.install("-e", ".[dev]")
     session.run("python", "-c", IMPORT_ALL)
-    session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-m",
-        "not cluster and not sentinel and not slow",
-        *session.posargs,
-    )
+    session.run(*PYTEST, "-m", "not cluster and not sentinel and not slow", *session.posargs)
 
 
 @nox.session(python=False)
@@ -128,11 +121,7 @@ def wheel(session: nox.Session) -> None:
     tmp = session.create_tmp()
     session.chdir(tmp)  # never import the checkout
     session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
+        *PYTEST,
         "-p",
         "no:asyncio",  # the smoke tests use asyncio.run; -c drops the plugin's ini options
         "-c",

@@ -159,7 +159,7 @@ class RedisBackend:
         return self._batcher
 
     def _make_router(self, loop: asyncio.AbstractEventLoop) -> Node | Cluster:
-        observe = self._observe
+        observe = self._observe if self.metrics is not None else None  # set by the Limiter before first use
         if self._given_async is not None:
             endpoints = client_endpoints(self._given_async)
         elif self.target is not None and self.target.kind == "sentinel":
@@ -198,6 +198,8 @@ class RedisBackend:
         return resolve
 
     def _observe(self, queued: float, in_redis: float) -> None:
+        if self.metrics is None:  # the common case: nothing to look up per reply
+            return
         # Metrics objects written before backend_phases existed simply do not get it.
         record = getattr(self.metrics, "backend_phases", None)
         if record is not None:

@@ -220,11 +220,15 @@ class Node:
         except Exception as exc:  # a resolver (Sentinel) error
             self._fail_and_report(WireError(f"cannot reach Redis at {self.address}: {exc}", self.address))
             return
+        self._use(conn)
+        if self._queue:
+            self._drain()
+
+    def _use(self, conn: Connection) -> None:
+        """Make ``conn`` this node's connection, closing the one it replaces."""
         old, self._conn = self._conn, conn
         if old is not None:
             old.close()
-        if self._queue:
-            self._drain()
 
     @property
     def connected(self) -> bool:
@@ -241,9 +245,7 @@ class Node:
         conn = self._conn
         if conn is None or not conn.usable:
             conn = await open_connection(await asyncio.wait_for(self._resolve(), self._budget), self._budget)
-            old, self._conn = self._conn, conn
-            if old is not None:
-                old.close()
+            self._use(conn)
         reply = await conn.call(*args, budget=self._budget)
         if isinstance(reply, ReplyError):
             raise BackendError(f"Redis at {self.address} answered an error: {reply}", self.address)
@@ -322,15 +324,6 @@ class Cluster:
         if not self._loaded:
             self._waiting.extend(calls)
             self.refresh()
-            return
-        if len(calls) == 1:
-            call = calls[0]
-            address = self._slots[call.slot]
-            if address is None:
-                call.done(BackendError(f"no Redis Cluster node serves slot {call.slot}"))
-                self.refresh()
-            else:
-                self.node(address).submit(calls)
             return
         by_node: dict[str, list[ScriptCall]] = {}
         for call in calls:
