@@ -13,8 +13,8 @@ when they moved to Istio Ambient mode.
 
 from __future__ import annotations
 
-from ._decision import Decision, LimitStatus, Receipt
-from ._rate import Rate, RateParseError, parse_rates
+from ._core.decision import Decision, LimitStatus, Receipt
+from ._core.rate import Rate, RateParseError, parse_rates
 from .backends.base import Backend, BackendError
 from .enforce import Enforcer
 from .limiter import Limiter

@@ -24,13 +24,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any
 
 from . import context
-from ._rate import RateLike
-from ._sinks import MetricsSink
+from ._core.rate import RateLike
+from ._core.sinks import MetricsSink
 from .decorators import RateLimitExceeded, register_context_finder
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import combine_fields, encode_fields
 from .limiter import Limiter
-from .request import Headers, RequestInfo
+from .request import Headers, KeyFunc, RequestInfo
 from .rules import Rule, rule_slug
 
 __all__ = ["ASGIApp", "DenialHook", "Message", "RateLimit", "RateLimitMiddleware", "Receive", "Scope", "Send"]
@@ -156,7 +156,7 @@ class RateLimitMiddleware:
         limiter: Limiter,
         rules: Iterable[Rule] = (),
         *,
-        key: Any = None,
+        key: KeyFunc | None = None,
         limits: Mapping[str, RateLike] | None = None,
         missing_identity: MissingIdentity | None = None,
         headers: bool | None = None,
@@ -347,7 +347,7 @@ class RateLimit:
         self,
         limiter: Limiter,
         rates: RateLike | Sequence[RateLike],
-        key: Any = None,
+        key: KeyFunc | None = None,
         *,
         name: str | None = None,
         cost: int | Callable[[RequestInfo], int] = 1,

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._config_read import Invalid, read_document
+from ._config.read import Invalid, read_document
+from ._engine.engine import Engine
 from .ruleset import RuleSet
 
 __all__ = ["Config", "ConfigError", "ConfigSource", "load_config", "parse_config"]
@@ -107,7 +108,7 @@ class ConfigSource:
         self._fork_hook = False
         self.on_reload: Callable[[Config], None] | None = None
 
-    def start(self, limiter: Any) -> None:
+    def start(self, limiter: Engine) -> None:
         """Watch the file from a daemon thread (restarted in forked workers, e.g. gunicorn --preload)."""
         if self.interval is None or self._thread is not None:
             return
@@ -129,7 +130,7 @@ class ConfigSource:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
 
-    def _watch(self, limiter: Any) -> None:
+    def _watch(self, limiter: Engine) -> None:
         assert self.interval is not None
         while not self._stop.wait(self.interval):
             try:
@@ -137,7 +138,7 @@ class ConfigSource:
             except Exception:  # the watcher must outlive any surprise
                 log.exception("ratelimit: reloading %s failed", self.path)
 
-    def reload(self, limiter: Any, *, only_if_changed: bool = False) -> bool:
+    def reload(self, limiter: Engine, *, only_if_changed: bool = False) -> bool:
         """Apply the file's current content to ``limiter``: True if the rules changed."""
         with self._lock:
             stamp = _fingerprint(self.current.files)
@@ -176,13 +177,12 @@ class ConfigSource:
         return True
 
 
-def _count(limiter: Any, result: str) -> None:
-    metrics = getattr(limiter, "metrics", None)
-    if metrics is not None:
-        metrics.config_reload(result)
+def _count(limiter: Engine, result: str) -> None:
+    if limiter.metrics is not None:
+        limiter.metrics.config_reload(result)
 
 
-def _after_fork(source: ConfigSource | None, limiter: Any) -> None:
+def _after_fork(source: ConfigSource | None, limiter: Engine | None) -> None:
     if source is None or limiter is None:
         return
     source._lock = threading.Lock()
@@ -191,12 +191,12 @@ def _after_fork(source: ConfigSource | None, limiter: Any) -> None:
         source.start(limiter)
 
 
-def limiter_from_config(
-    cls: Any, path: str | os.PathLike[str], *, reload: bool | float, options: dict[str, Any]
-) -> Any:
-    """What :meth:`ratelimit.Limiter.from_config` does."""
+def open_config(path: str | os.PathLike[str], *, reload: bool | float) -> ConfigSource:
+    """Load and validate ``path`` for :meth:`ratelimit.Limiter.from_config` (not yet watching).
+
+    ``reload``: True watches every 2 s, a number every that many seconds, False never.
+    """
     config = load_config(path)
-    limiter = cls(**{**config.limiter_options, **options})
     if reload is True:
         interval: float | None = DEFAULT_RELOAD_INTERVAL
     elif reload is False:
@@ -205,8 +205,4 @@ def limiter_from_config(
         interval = float(reload)
     else:
         raise ValueError(f"reload must be True, False or seconds > 0, got {reload!r}")
-    source = ConfigSource(Path(path), config, interval)
-    limiter.ruleset = config.ruleset
-    limiter.config = source
-    source.start(limiter)
-    return limiter
+    return ConfigSource(Path(path), config, interval)

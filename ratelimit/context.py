@@ -13,6 +13,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._core.decision import Decision
+from ._engine.engine import Engine
 from .enforce import Outcome
 from .request import RequestInfo
 
@@ -37,9 +39,9 @@ class RequestContext:
     request: RequestInfo
     render: Callable[[Outcome], Any]
     headers: list[tuple[str, str]] = field(default_factory=list)
-    charges: list[tuple[Any, Any]] | None = None
+    charges: list[tuple[Engine, Decision]] | None = None
 
-    def record(self, limiter: Any, outcome: Outcome) -> None:
+    def record(self, limiter: Engine, outcome: Outcome) -> None:
         """Remember what an allowed ``outcome`` charged, for a later denial to refund."""
         for decision in (outcome.decision, outcome.shadow):
             if decision is not None and decision.receipt is not None:

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import context
-from ._rate import RateLike
+from ._core.rate import RateLike
 from .enforce import Enforcer, MissingIdentity
-from .request import RequestInfo
+from .request import KeyFunc, RequestInfo
 from .rules import Rule, bounded_name
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def _rule_name(fn: Callable[..., Any]) -> str:
 def limit(
     limiter: Limiter,
     rates: RateLike | Sequence[RateLike],
-    key: Any = None,
+    key: KeyFunc | None = None,
     *,
     name: str | None = None,
     cost: int | Callable[[RequestInfo], int] = 1,

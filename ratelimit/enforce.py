@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._charges import plan_charges, policies, split_charges
-from ._decision import Decision
-from ._engine import Engine
-from ._sinks import MetricsSink
+from ._core.decision import Decision
+from ._core.sinks import MetricsSink
+from ._engine.engine import Engine
+from ._policy.charges import plan_charges, policies, split_charges
 from .headers import problem_body, rate_limit_headers
 from .keys import AsyncKeyError, client_ip, resolve, resolve_async
 from .metrics import NullMetrics
-from .request import RequestInfo
+from .request import KeyFunc, RequestInfo
 from .rules import Rule, rules_from_limits
 from .ruleset import Charge, RuleSet
 
@@ -71,7 +71,7 @@ class Snapshot:
     missing_identity: MissingIdentity
     headers: bool
     legacy_headers: bool
-    ip_key: Any
+    ip_key: Callable[[RequestInfo], str | None]
     ruleset: RuleSet | None
 
 
@@ -196,7 +196,7 @@ class Enforcer:
         return self.snapshot().legacy_headers
 
     @property
-    def ip_key(self) -> Any:
+    def ip_key(self) -> Callable[[RequestInfo], str | None]:
         """The client-IP key function (with the trusted proxies in force now)."""
         return self.snapshot().ip_key
 
@@ -218,7 +218,7 @@ class Enforcer:
         rules: Iterable[Rule] = (),
         *,
         limits: Mapping[str, Any] | None = None,
-        key: Any = None,
+        key: KeyFunc | None = None,
         config_rules: bool = True,
         from_limits: Callable[[Mapping[str, Any], Any], Iterable[Any]] = rules_from_limits,
         **options: Any,
@@ -245,7 +245,7 @@ class Enforcer:
         if limits is not None:
             spec = dict(limits)
 
-            def limit_rules(default_key: Any) -> Iterable[Any]:
+            def limit_rules(default_key: KeyFunc) -> Iterable[Any]:
                 return from_limits(spec, key if key is not None else default_key)
 
         return cls(

@@ -5,7 +5,7 @@ with that service's precedence: at each level an exact ``key``/``value``, then a
 wildcard value (``value: "api*"``), then the key alone (one counter per distinct
 value); a limit applies only at the depth of the request descriptor's last entry.
 Request descriptors come from Envoy route ``rate_limits`` actions
-(:mod:`ratelimit._envoy_actions`) or, without them, from every key path of the tree.
+(:mod:`ratelimit._policy.envoy_actions`) or, without them, from every key path of the tree.
 
 Differences from the service, on purpose: counting is a sliding window counter, not
 a fixed window; all of a request's limits are decided together, so a denied request
@@ -14,12 +14,13 @@ counts against none of its other descriptors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._envoy_actions import SKIP, Action, constant_entry, header_entry, remote_address_entry
-from ._rate import Rate
-from ._reader import Field
+from ._core.rate import Rate
+from ._core.reader import Field
+from ._policy.envoy_actions import SKIP, Action, constant_entry, header_entry, remote_address_entry
 from .request import RequestInfo
 from .rules import RULE_NAME, Rule
 from .ruleset import Charge
@@ -253,7 +254,9 @@ class DescriptorRule:
         """Does this domain apply to ``request``?"""
         return self.route.matches(request)
 
-    def entries(self, request: RequestInfo, ip_key: Any) -> list[list[tuple[str, str]]]:
+    def entries(
+        self, request: RequestInfo, ip_key: Callable[[RequestInfo], str | None]
+    ) -> list[list[tuple[str, str]]]:
         """The request's descriptors (a descriptor with an action that finds nothing is dropped)."""
         out = []
         for actions in self.descriptors:
@@ -280,7 +283,7 @@ class DescriptorRule:
         shadow = limit.shadow or self.shadow
         return Charge(limit.label or self.name, counted, limit.rates, names, 1, shadow, limit.replaces)
 
-    def charges(self, request: RequestInfo, ip_key: Any) -> list[Charge]:
+    def charges(self, request: RequestInfo, ip_key: Callable[[RequestInfo], str | None]) -> list[Charge]:
         """One charge per request descriptor that has a limit (unlimited ones included, for replaces)."""
         charges: dict[str, Charge] = {}
         for entries in self.entries(request, ip_key):

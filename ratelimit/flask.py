@@ -26,13 +26,14 @@ from typing import Any, Literal
 
 import flask
 
-from ._rate import RateLike
-from ._sinks import MetricsSink
+from ._core.rate import RateLike
+from ._core.sinks import MetricsSink
 from .context import RequestContext
 from .decorators import RateLimitExceeded, register_context_finder
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import merge_fields
 from .limiter import Limiter
+from .request import KeyFunc
 from .rules import Rule
 from .wsgi import RateLimitMiddleware, request_info
 
@@ -85,7 +86,7 @@ class RateLimit:
         *,
         limiter: Limiter,
         rules: Iterable[Rule] = (),
-        key: Any = None,
+        key: KeyFunc | None = None,
         limits: Mapping[str, RateLike] | None = None,
         missing_identity: MissingIdentity | None = None,
         headers: bool | None = None,

@@ -34,12 +34,12 @@ import grpc  # type: ignore[import-untyped]
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
-from ._rate import Rate
-from ._sinks import MetricsSink
+from ._core.rate import Rate
+from ._core.sinks import MetricsSink
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import retry_after_header
 from .limiter import Limiter
-from .request import Headers, RequestInfo
+from .request import Headers, KeyFunc, RequestInfo
 from .rules import Rule, bounded_name, unique_name
 
 __all__ = ["AsyncRateLimitInterceptor", "RateLimitInterceptor", "peer_ip", "rule_name"]
@@ -191,7 +191,7 @@ class _Base:
         limiter: Limiter,
         limits: Mapping[str, str | Rate | Sequence[str | Rate]] | None = None,
         *,
-        key: Any = None,
+        key: KeyFunc | None = None,
         rules: Iterable[Rule] = (),
         missing_identity: MissingIdentity | None = None,
         metrics: MetricsSink | None = None,
@@ -204,7 +204,7 @@ class _Base:
             )
         taken = {r.name for r in explicit}
 
-        def from_limits(spec: Mapping[str, Any], default_key: Any) -> list[Rule]:
+        def from_limits(spec: Mapping[str, Any], default_key: KeyFunc) -> list[Rule]:
             # gRPC names rules after their method patterns, unique beside the explicit
             # ones, which come after them.
             names = set(taken)

@@ -21,8 +21,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
-from ._decision import Decision, LimitStatus
-from ._rate import Rate
+from ._core.decision import Decision, LimitStatus
+from ._core.rate import Rate
 
 __all__ = [
     "PROBLEM_TYPE",

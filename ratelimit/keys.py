@@ -12,10 +12,10 @@ policy applies). Any callable with that shape works; the ones here also offer
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from .request import RequestInfo
+from .request import KeyFunc, RequestInfo
 
 __all__ = [
     "AsyncKeyError",
@@ -36,11 +36,7 @@ class AsyncKeyError(TypeError):
     """An async key function was used from a sync adapter (a configuration error)."""
 
 
-KeyFunc = Callable[[RequestInfo], "str | Awaitable[str | None] | None"]
-"""What a key function is: ``fn(request_info) -> identity | None`` (or an awaitable of it)."""
-
-
-def resolve(key: Any, request: RequestInfo) -> str | None:
+def resolve(key: KeyFunc, request: RequestInfo) -> str | None:
     """Run ``key`` from a sync adapter (async-only key functions are an error).
 
     Results are remembered for the request (key functions are long-lived objects held
@@ -55,7 +51,7 @@ def resolve(key: Any, request: RequestInfo) -> str | None:
     return result
 
 
-def _resolve(key: Any, request: RequestInfo) -> str | None:
+def _resolve(key: KeyFunc, request: RequestInfo) -> str | None:
     value = key(request)
     if hasattr(value, "__await__"):
         close = getattr(value, "close", None)
@@ -65,7 +61,7 @@ def _resolve(key: Any, request: RequestInfo) -> str | None:
     return _clean(value)
 
 
-async def resolve_async(key: Any, request: RequestInfo) -> str | None:
+async def resolve_async(key: KeyFunc, request: RequestInfo) -> str | None:
     """Run ``key`` from an asyncio adapter, awaiting it when it is async (remembered per request)."""
     memo = request.memo
     found = memo.get(id(key))
@@ -76,13 +72,13 @@ async def resolve_async(key: Any, request: RequestInfo) -> str | None:
     return result
 
 
-async def _resolve_async(key: Any, request: RequestInfo) -> str | None:
+async def _resolve_async(key: KeyFunc, request: RequestInfo) -> str | None:
     # Key functions with a non-blocking variant offer ``aresolve`` (jwt_claim, compose).
     aresolve = getattr(key, "aresolve", None)
     if aresolve is not None:
         return _clean(await aresolve(request))
     value = key(request)
-    if hasattr(value, "__await__"):
+    if isinstance(value, Awaitable):
         value = await value
     return _clean(value)
 
@@ -233,7 +229,7 @@ class jwt_claim(_Named):
         if verifier is not None:
             pass  # shared with other claims: a token is verified once per request
         elif jwks_url is not None or key is not None or unverified:
-            from ._jwt import JWTVerifier
+            from ._policy.jwt_verify import JWTVerifier
 
             options: dict[str, Any] = {"issuer": issuer, "audience": audience, "leeway": leeway}
             if algorithms is not None:
@@ -253,7 +249,7 @@ class jwt_claim(_Named):
         return values[0].strip() or None
 
     def _token(self, request: RequestInfo) -> str | None:
-        from ._jwt import bearer_token
+        from ._policy.jwt_verify import bearer_token
 
         return bearer_token(request.headers.get("authorization"))
 

@@ -6,11 +6,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ._engine import Engine
-from ._rate import RateLike
-from .config import ConfigSource, limiter_from_config
+from ._core.rate import RateLike
+from ._engine.engine import Engine
+from .config import ConfigSource, open_config
 from .decorators import limit as _limit
 from .enforce import MissingIdentity
+from .request import KeyFunc
 
 __all__ = ["Limiter"]
 
@@ -70,7 +71,11 @@ class Limiter(Engine):
         Raises:
             ratelimit.config.ConfigError: the file is invalid (every error, with its line).
         """
-        limiter: Limiter = limiter_from_config(cls, path, reload=reload, options=options)
+        source = open_config(path, reload=reload)
+        limiter = cls(**{**source.current.limiter_options, **options})
+        limiter.ruleset = source.current.ruleset
+        limiter.config = source
+        source.start(limiter)
         return limiter
 
     def reload_config(self) -> bool:
@@ -82,7 +87,7 @@ class Limiter(Engine):
     def limit(
         self,
         rates: RateLike | list[RateLike],
-        key: Any = None,
+        key: KeyFunc | None = None,
         *,
         name: str | None = None,
         cost: Any = 1,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Headers", "RequestInfo"]
+__all__ = ["Headers", "KeyFunc", "RequestInfo"]
 
 
 class Headers:
@@ -84,3 +84,7 @@ class RequestInfo:
     host: str | None = None
     native: Any = None
     memo: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+
+
+KeyFunc = Callable[[RequestInfo], "str | Awaitable[str | None] | None"]
+"""What a key function is: ``fn(request_info) -> identity | None`` (or an awaitable of it)."""

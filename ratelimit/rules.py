@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._rate import Rate, RateLike, parse_rates
+from ._core.rate import Rate, RateLike, parse_rates
 from .headers import policy_name
 from .keys import constant
 from .matchers import HeaderMatch, HostPattern
-from .request import RequestInfo
+from .request import KeyFunc, RequestInfo
 
 __all__ = [
     "RULE_NAME",
@@ -131,7 +131,7 @@ class Rule:
 
     name: str
     rates: tuple[Rate, ...]
-    key: Any = field(default_factory=constant)
+    key: KeyFunc = field(default_factory=constant)
     paths: tuple[str, ...] = ()
     methods: frozenset[str] = frozenset()
     cost: int | Callable[[RequestInfo], int] = 1
@@ -146,7 +146,7 @@ class Rule:
     policy_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
     simple: bool = field(default=True, repr=False, compare=False)
     conditional: bool = field(default=False, repr=False, compare=False)
-    lookups: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    lookups: tuple[KeyFunc, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not RULE_NAME.fullmatch(self.name):
@@ -184,7 +184,7 @@ class Rule:
         cls,
         name: str,
         rates: RateLike | Sequence[RateLike],
-        key: Any = None,
+        key: KeyFunc | None = None,
         *,
         paths: str | Iterable[str] = (),
         methods: str | Iterable[str] = (),
@@ -272,7 +272,7 @@ def bounded_name(name: str, source: str) -> str:
     return name[:55].rstrip("-._") + "-" + hashlib.sha256(source.encode()).hexdigest()[:8]
 
 
-def rules_from_limits(limits: Mapping[str, RateLike], key: Any) -> list[Rule]:
+def rules_from_limits(limits: Mapping[str, RateLike], key: KeyFunc) -> list[Rule]:
     """Rules from the shorthand ``{"GET,POST /items/*": "100/minute", "/admin/**": "10/minute"}``.
 
     Each key is optional comma-separated HTTP methods (or ``*`` for any) and a path

@@ -7,11 +7,12 @@ a request sees either the old rules or the new ones, never a mix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from ._rate import Rate
-from .request import RequestInfo
+from ._core.rate import Rate
+from .request import KeyFunc, RequestInfo
 
 __all__ = ["Charge", "ChargingRule", "RuleSet"]
 
@@ -47,7 +48,7 @@ class ChargingRule(Protocol):
 
     name: str
     conditional: bool
-    lookups: tuple[Any, ...]  # key functions to resolve first: none for these rules
+    lookups: tuple[KeyFunc, ...]  # key functions to resolve first: none for these rules
 
     def matches_route(self, request: RequestInfo) -> bool:
         """Whether the request's path and method are this rule's (cacheable per route)."""
@@ -61,7 +62,7 @@ class ChargingRule(Protocol):
         """Both of the above."""
         ...
 
-    def charges(self, request: RequestInfo, ip_key: Any) -> list[Charge]:
+    def charges(self, request: RequestInfo, ip_key: Callable[[RequestInfo], str | None]) -> list[Charge]:
         """The counters ``request`` is charged to (``ip_key`` counts per client address)."""
         ...
 

@@ -29,12 +29,12 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from . import context
-from ._rate import RateLike
-from ._sinks import MetricsSink
+from ._core.rate import RateLike
+from ._core.sinks import MetricsSink
 from .decorators import RateLimitExceeded
 from .enforce import Enforcer, MissingIdentity, Outcome
 from .headers import merge_fields
-from .request import Headers, RequestInfo
+from .request import Headers, KeyFunc, RequestInfo
 from .rules import Rule
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class RateLimitMiddleware:
         limiter: Limiter,
         rules: Iterable[Rule] = (),
         *,
-        key: Any = None,
+        key: KeyFunc | None = None,
         limits: Mapping[str, RateLike] | None = None,
         missing_identity: MissingIdentity | None = None,
         headers: bool | None = None,

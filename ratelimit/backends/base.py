@@ -6,14 +6,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .._plan import Plan
+from .._core.plan import Plan
 
 __all__ = ["Backend", "BackendError", "RawResult", "SyncBackend"]
 
 # (allowed, server time in microseconds per counter, flat [p, c, ...] per counter)
 RawResult = tuple[bool, Sequence[int], Sequence[int]]
 """A backend's answer: (allowed, server time in microseconds per counter, flat previous and
-current counts per counter); :func:`ratelimit._plan.decide` turns it into a Decision."""
+current counts per counter); :func:`ratelimit._core.plan.decide` turns it into a Decision."""
 
 
 class BackendError(Exception):
@@ -32,7 +32,7 @@ class BackendError(Exception):
 class Backend(Protocol):
     """Stores counters and runs the sliding-window script on them.
 
-    ``evaluate``/``aevaluate`` run one :class:`~ratelimit._plan.Plan` atomically
+    ``evaluate``/``aevaluate`` run one :class:`~ratelimit._core.plan.Plan` atomically
     (all of its counters or none move) and return the raw counts; the limiter turns
     them into a Decision. They raise :class:`BackendError` on any failure.
     """

@@ -7,8 +7,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from .._plan import Plan
-from .._window import refund_one, run_one
+from .._core.plan import Plan
+from .._core.window import refund_one, run_one
 from .base import RawResult, SyncBackend
 
 __all__ = ["DEFAULT_MAX_KEYS", "MemoryBackend"]
@@ -122,7 +122,7 @@ class MemoryBackend(SyncBackend):
             return len(gone)
 
     def refund(self, plan: Plan, nows: Sequence[int]) -> None:
-        """Give back what ``plan`` charged at ``nows`` (see :func:`ratelimit._window.refund_one`)."""
+        """Give back what ``plan`` charged at ``nows`` (see :func:`ratelimit._core.window.refund_one`)."""
         keys = [k for i, k in enumerate(plan.keys) if plan.args[3 * i + 2] > 0]
         args: list[int] = []
         for i in range(len(plan.keys)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .._rate import Rate, RateParseError
+from .._core.rate import Rate, RateParseError
 from ._manifest import Severity, as_dict, duration, percent
 
 __all__ = ["Add", "bucket_rate", "other_fields", "percentages", "token_bucket_rate"]

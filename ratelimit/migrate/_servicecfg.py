@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .._rate import MAX_LIMIT
+from .._core.rate import MAX_LIMIT
 from ..envoy import DESCRIPTOR_KEYS, LIMIT_KEYS
 from ..envoy import UNITS as _UNIT_SECONDS
 from ..rules import RULE_NAME

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support.redis_servers import RedisServer
 
-from ratelimit._cli import main, rate_limit_headers
+from ratelimit._cli.main import main, rate_limit_headers
 from ratelimit.limiter import Limiter
 from ratelimit.testing import FakeClock
 

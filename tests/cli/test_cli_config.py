@@ -9,7 +9,7 @@ import pytest
 from support.config_helpers import request, write
 
 from ratelimit import Limiter
-from ratelimit._cli import main
+from ratelimit._cli.main import main
 from ratelimit.enforce import Enforcer
 
 GOOD = """

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.lua_harness import run_lua
 
-from ratelimit._keyspace import KeySpace
-from ratelimit._plan import Plan, decide, make_plan
-from ratelimit._rate import Rate
-from ratelimit._window import run_batch
+from ratelimit._core.keyspace import KeySpace
+from ratelimit._core.plan import Plan, decide, make_plan
+from ratelimit._core.rate import Rate
+from ratelimit._core.window import run_batch
 from ratelimit.backends.memory import _BoundedStore
 
 T0_US = 1_700_000_000_123_456

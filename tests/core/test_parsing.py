@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import ratelimit
 from ratelimit import Limiter, Rate, RateParseError, parse_rates
-from ratelimit._keyspace import KeySpace, identity_tag
+from ratelimit._core.keyspace import KeySpace, identity_tag
 
 
 @pytest.mark.parametrize(
@@ -205,10 +205,10 @@ def test_bad_storage_urls(storage: str) -> None:
     "module",
     [
         "ratelimit",
-        "ratelimit._rate",
-        "ratelimit._keyspace",
+        "ratelimit._core.rate",
+        "ratelimit._core.keyspace",
         "ratelimit.testing",
-        "ratelimit._decision",
+        "ratelimit._core.decision",
     ],
 )
 def test_doctests(module: str) -> None:

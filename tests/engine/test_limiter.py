@@ -10,8 +10,8 @@ import pytest
 from support.flaky import FlakyBackend
 
 from ratelimit import BackendError, Decision, Limiter
-from ratelimit._denycache import DenyCache
-from ratelimit._failure import CircuitBreaker
+from ratelimit._engine.denycache import DenyCache
+from ratelimit._engine.failure import CircuitBreaker
 from ratelimit.backends.base import Backend
 from ratelimit.backends.memory import MemoryBackend
 from ratelimit.testing import FakeClock
@@ -68,8 +68,8 @@ async def test_memory_tasks_admit_exactly_n() -> None:
 @pytest.mark.slow
 def test_a_million_subjects_stay_under_the_cap() -> None:
     """A flood of one million distinct subjects grows neither the store nor any cache past its cap."""
-    from ratelimit._engine import _PLAN_CACHE_SIZE
-    from ratelimit._keyspace import _tag_of_str
+    from ratelimit._core.keyspace import _tag_of_str
+    from ratelimit._engine.engine import _PLAN_CACHE_SIZE
 
     limiter = Limiter(max_keys=10_000)
     backend = limiter.backend

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from support.lua_harness import LuaClockBackend
 
 from ratelimit import Limiter
-from ratelimit._keyspace import KeySpace
-from ratelimit._plan import make_plan
-from ratelimit._rate import Rate
-from ratelimit._scripts import lua_script
-from ratelimit._window import refund_one, run_one
+from ratelimit._core.keyspace import KeySpace
+from ratelimit._core.plan import make_plan
+from ratelimit._core.rate import Rate
+from ratelimit._core.scripts import lua_script
+from ratelimit._core.window import refund_one, run_one
 from ratelimit.backends.memory import _BoundedStore
 from ratelimit.backends.redis._codec import refund_args
 from ratelimit.keys import header

@@ -32,8 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import RSAAlgorithm
 
-from ratelimit import _jwks, _jwks_http
-from ratelimit._jwt import JWTVerifier
+from ratelimit._policy import jwks as _jwks
+from ratelimit._policy import jwks_http as _jwks_http
+from ratelimit._policy.jwt_verify import JWTVerifier
 from ratelimit.testing import FakeClock
 
 AUDIENCE = "orders"

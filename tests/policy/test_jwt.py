@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from ratelimit._jwt import MAX_TOKEN_LENGTH, JWTVerifier, bearer_token
+from ratelimit._policy.jwt_verify import MAX_TOKEN_LENGTH, JWTVerifier, bearer_token
 from ratelimit.testing import FakeClock
 
 ISSUER = "https://idp.test"

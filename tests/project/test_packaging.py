@@ -16,7 +16,7 @@ LUA = sorted((ROOT / "lua").glob("*.lua"))
 CHECK = """
 import sys, ratelimit
 from ratelimit import Limiter
-from ratelimit._scripts import lua_script
+from ratelimit._core.scripts import lua_script
 assert "site-packages" in ratelimit.__file__, ratelimit.__file__
 for name in ("sliding_window", "refund"):
     assert lua_script(name).origin.startswith("package:"), lua_script(name).origin
@@ -96,7 +96,7 @@ def _venv_seeing_this_environment(venv: Path) -> Path:
 
 def test_source_tree_scripts_load() -> None:
     """From a checkout or editable install, the scripts load from lua/ itself."""
-    from ratelimit._scripts import lua_script
+    from ratelimit._core.scripts import lua_script
 
     for script in LUA:
         loaded = lua_script(script.stem)

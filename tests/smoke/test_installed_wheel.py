@@ -161,7 +161,7 @@ def test_package_is_the_installed_wheel() -> None:
     checkout = Path(__file__).resolve().parents[2] / "ratelimit"  # tests/smoke/ -> the repository
     assert not here.is_relative_to(checkout), f"imported the checkout: {here}"
     assert ratelimit.__version__ == importlib.metadata.version("ambient-ratelimit")
-    from ratelimit._scripts import lua_script
+    from ratelimit._core.scripts import lua_script
 
     for name in ("sliding_window", "refund"):
         assert lua_script(name).origin.startswith("package:"), lua_script(name).origin

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ratelimit._plan import Plan
+from ratelimit._core.plan import Plan
 from ratelimit.backends.base import BackendError, RawResult, SyncBackend
 from ratelimit.backends.memory import MemoryBackend
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ratelimit._keyspace import glob_escape
-from ratelimit._plan import Plan
-from ratelimit._scripts import lua_script
+from ratelimit._core.keyspace import glob_escape
+from ratelimit._core.plan import Plan
+from ratelimit._core.scripts import lua_script
 from ratelimit.backends.base import RawResult, SyncBackend
 from ratelimit.backends.redis._codec import decode, encode, refund_args
 

@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..._plan import Plan
-from ..._scripts import LuaScript, lua_script
-from ..._sinks import MetricsSink
+from ..._core.plan import Plan
+from ..._core.scripts import LuaScript, lua_script
+from ..._core.sinks import MetricsSink
 from ..base import BackendError, RawResult
 from ._batcher import Batcher
 from ._codec import decode, encode
@@ -361,7 +361,7 @@ def _is_cluster(client: Any) -> bool:
 
 
 def _delete_sync(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> int:
-    from ..._keyspace import glob_escape
+    from ..._core.keyspace import glob_escape
 
     found = set(keys)
     for prefix in prefixes:
@@ -374,7 +374,7 @@ def _delete_sync(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> i
 
 
 async def _delete_async(client: Any, keys: Sequence[str], prefixes: Sequence[str]) -> int:
-    from ..._keyspace import glob_escape
+    from ..._core.keyspace import glob_escape
 
     found = set(keys)
     for prefix in prefixes:

@@ -15,8 +15,8 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ..._plan import Plan
-from ..._scripts import LuaScript
+from ..._core.plan import Plan
+from ..._core.scripts import LuaScript
 from ..base import BackendError, RawResult
 from ._codec import decode, encode
 from ._nodes import ScriptCall

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..._plan import Plan
+from ..._core.plan import Plan
 from ..base import BackendError, RawResult
 
 __all__ = ["decode", "encode", "refund_args"]

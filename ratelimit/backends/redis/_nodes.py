@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ..._scripts import LuaScript
+from ..._core.scripts import LuaScript
 from ..base import BackendError
 from ._wire import BackendTimeout, Connection, Endpoint, ReplyError, WireError, open_connection, pack_command
 

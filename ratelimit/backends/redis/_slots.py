@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..._plan import Plan
+from ..._core.plan import Plan
 from ..base import RawResult
 from ._codec import refund_args
 

@@ -9,7 +9,7 @@ The JWKS URL is fetched by a small HTTP/1.1 client whose every socket operation 
 one deadline (``fetch_timeout``), on a dedicated pair of threads, one fetch at a time
 per URL however many requests wait for it (:class:`JWKSCache`).
 
-Needs PyJWT and cryptography, imported lazily (see :mod:`ratelimit._jwt`).
+Needs PyJWT and cryptography, imported lazily (see :mod:`ratelimit._policy.jwt_verify`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ._jwks_http import http_get as _http_get  # a module global, so tests can stand in for it
+from .jwks_http import http_get as _http_get  # a module global, so tests can stand in for it
 
 __all__ = ["ALGORITHM_FAMILIES", "HMAC_MIN_BYTES", "JWKSCache", "VerificationKey", "load_keys", "parse_jwks"]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ._config_keys import HEADER_NAME, KeyMaker
-from ._reader import Field
-from .keys import api_key, constant
-from .matchers import HeaderMatch, HostPattern
-from .request import Headers, RequestInfo
-from .rules import RULE_NAME, Rule, Tiers, compile_path, parse_limits
+from .._core.reader import Field
+from ..keys import api_key, constant
+from ..matchers import HeaderMatch, HostPattern
+from ..request import Headers, RequestInfo
+from ..rules import RULE_NAME, Rule, Tiers, compile_path, parse_limits
+from .keys import HEADER_NAME, KeyMaker
 
 __all__ = ["MISSING", "read_match", "read_rule"]
 

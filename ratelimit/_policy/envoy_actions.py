@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ._reader import Field
-from .matchers import HeaderMatch, header_value
-from .request import RequestInfo
+from .._core.reader import Field
+from ..matchers import HeaderMatch, header_value
+from ..request import RequestInfo
 
 __all__ = [
     "ENVOY_ONLY_ACTIONS",
@@ -97,7 +97,7 @@ def header_entry(name: str, key: str, skip_if_absent: bool = False) -> Action:
     """``(key, value of header name)``; an absent header drops the descriptor (or is skipped)."""
     lname = name.lower()
 
-    def action(request: RequestInfo, ip_key: Any) -> tuple[str, str] | None:
+    def action(request: RequestInfo, ip_key: Callable[[RequestInfo], str | None]) -> tuple[str, str] | None:
         value = header_value(request, lname)
         if value is None:
             return SKIP if skip_if_absent else None
@@ -106,7 +106,9 @@ def header_entry(name: str, key: str, skip_if_absent: bool = False) -> Action:
     return action
 
 
-def remote_address_entry(request: RequestInfo, ip_key: Any) -> tuple[str, str] | None:
+def remote_address_entry(
+    request: RequestInfo, ip_key: Callable[[RequestInfo], str | None]
+) -> tuple[str, str] | None:
     """``("remote_address", client IP)``, the IP read behind the trusted proxies."""
     ip = ip_key(request)
     return ("remote_address", ip) if ip else None
@@ -156,7 +158,7 @@ def _header_value_match(f: Field) -> Action | None:
         return None
     found = [m for m in matchers if m is not None]
 
-    def action(request: RequestInfo, ip_key: Any) -> tuple[str, str] | None:
+    def action(request: RequestInfo, ip_key: Callable[[RequestInfo], str | None]) -> tuple[str, str] | None:
         return entry if all(m(request) for m in found) == expect else None
 
     return action

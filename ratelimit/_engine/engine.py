@@ -14,17 +14,17 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._decision import Decision
-from ._denycache import DenyCache
-from ._failure import FAILURE_MODES, CircuitBreaker, FailureMode
-from ._keyspace import Identity, KeySpace
-from ._plan import HitItem, Plan, check_cost, decide, fallback_decision, make_plan
-from ._rate import RateLike, parse_rates
-from ._sinks import MetricsSink
-from .backends._schemes import BackendOptions, backend_from_url
-from .backends.base import Backend, BackendError
-from .backends.memory import DEFAULT_MAX_KEYS, MemoryBackend
-from .ruleset import RuleSet
+from .._core.decision import Decision
+from .._core.keyspace import Identity, KeySpace
+from .._core.plan import HitItem, Plan, check_cost, decide, fallback_decision, make_plan
+from .._core.rate import RateLike, parse_rates
+from .._core.sinks import MetricsSink
+from ..backends._schemes import BackendOptions, backend_from_url
+from ..backends.base import Backend, BackendError
+from ..backends.memory import DEFAULT_MAX_KEYS, MemoryBackend
+from ..ruleset import RuleSet
+from .denycache import DenyCache
+from .failure import FAILURE_MODES, CircuitBreaker, FailureMode
 
 __all__ = ["Engine"]
 

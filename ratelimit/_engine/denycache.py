@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from ._decision import Decision
-from ._plan import Plan
+from .._core.decision import Decision
+from .._core.plan import Plan
 
 __all__ = ["DenyCache"]
 

@@ -12,7 +12,7 @@ __all__ = ["LuaScript", "lua_script"]
 
 # lua/ lives at the repository root (the single source of truth). The wheel carries it
 # as ratelimit/lua/; an editable install or a plain checkout finds it one level up.
-_SOURCE_TREE_DIR = Path(__file__).resolve().parent.parent / "lua"
+_SOURCE_TREE_DIR = Path(__file__).resolve().parents[2] / "lua"
 
 
 @dataclass(frozen=True, slots=True)

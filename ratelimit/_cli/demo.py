@@ -11,12 +11,12 @@ import time
 from collections.abc import Sequence
 from secrets import token_hex
 
-from . import headers
-from ._decision import Decision, LimitStatus
-from ._demo_app import serve_demo_app
-from .backends.base import BackendError
-from .limiter import Limiter
-from .testing import FakeClock
+from .. import headers
+from .._core.decision import Decision, LimitStatus
+from ..backends.base import BackendError
+from ..limiter import Limiter
+from ..testing import FakeClock
+from .demo_app import serve_demo_app
 
 __all__ = ["DemoError", "rate_limit_headers", "run_demo", "tightest"]
 

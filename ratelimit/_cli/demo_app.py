@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from .keys import header
-from .limiter import Limiter
-from .rules import Rule
-from .wsgi import RateLimitMiddleware
+from ..keys import header
+from ..limiter import Limiter
+from ..rules import Rule
+from ..wsgi import RateLimitMiddleware
 
 __all__ = ["serve_demo_app"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ._reader import Field
-from .keys import api_key, client_ip, compose, constant, header, jwt_claim
-from .request import RequestInfo
+from .._core.reader import Field
+from ..keys import api_key, client_ip, compose, constant, header, jwt_claim
+from ..request import RequestInfo
 
 __all__ = ["HEADER_NAME", "KeyMaker"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .backends.base import BackendError
-from .envoy import DescriptorRule
-from .rules import Rule
+from ..backends.base import BackendError
+from ..envoy import DescriptorRule
+from ..rules import Rule
 
 __all__ = ["describe", "run_check", "run_inspect"]
 
@@ -72,7 +72,7 @@ def describe(config: Any) -> str:
 
 def run_check(paths: list[str]) -> int:
     """Validate each file; print its effective rules, or every error. 0 if all are valid."""
-    from .config import ConfigError, load_config
+    from ..config import ConfigError, load_config
 
     failed = 0
     for path in paths:
@@ -109,8 +109,8 @@ def run_inspect(
 
     For an Envoy domain, ``identity`` is its request descriptor: ``user=ann,:path=/upload``.
     """
-    from .config import ConfigError
-    from .limiter import Limiter
+    from ..config import ConfigError
+    from ..limiter import Limiter
 
     options: dict[str, Any] = {"timeout": 2.0, "deny_cache": False, "failure_mode": "closed"}
     if storage:

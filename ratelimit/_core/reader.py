@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ._yaml import position
+from .located_yaml import position
 
 __all__ = ["Field", "Report", "parse_duration"]
 

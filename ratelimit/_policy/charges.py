@@ -7,15 +7,15 @@ here, hands them to the limiter, and reads headers back from them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from ._rate import Rate
-from .headers import policy_name
-from .request import RequestInfo
-from .rules import Rule
-from .ruleset import Charge, ChargingRule
+from .._core.rate import Rate
+from ..headers import policy_name
+from ..request import RequestInfo
+from ..rules import Rule
+from ..ruleset import Charge, ChargingRule
 
 __all__ = ["names_for", "plan_charges", "policies", "split_charges"]
 
@@ -23,7 +23,11 @@ log = logging.getLogger("ratelimit")
 
 
 def _identity(
-    rule: Rule, identity: str | None, request: RequestInfo, ip_key: Any, missing: str
+    rule: Rule,
+    identity: str | None,
+    request: RequestInfo,
+    ip_key: Callable[[RequestInfo], str | None],
+    missing: str,
 ) -> str | None:
     """The rule's identity, or the missing-identity policy's stand-in (None: reject)."""
     if identity is not None:
@@ -41,7 +45,7 @@ def plan_charges(
     rules: Sequence[Rule | ChargingRule],
     resolved: Sequence[Sequence[str | None]],
     request: RequestInfo,
-    ip_key: Any,
+    ip_key: Callable[[RequestInfo], str | None],
     missing: str,
 ) -> list[Charge] | None:
     """What ``request`` is charged to; None when a rule finds no identity and rejects.

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ._decision import Decision, LimitStatus, Receipt
-from ._keyspace import Identity, KeySpace
-from ._rate import Rate, RateLike, parse_rates
-from ._window import reset_after_us, retry_after_us
+from .decision import Decision, LimitStatus, Receipt
+from .keyspace import Identity, KeySpace
+from .rate import Rate, RateLike, parse_rates
+from .window import reset_after_us, retry_after_us
 
 __all__ = ["HitItem", "Plan", "check_cost", "decide", "fallback_decision", "make_plan"]
 

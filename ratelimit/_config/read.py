@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._config_keys import HEADER_NAME, KeyMaker
-from ._config_rules import MISSING, read_match, read_rule
-from ._envoy_actions import Action, read_actions
-from ._reader import Field
-from ._yaml import YAMLError, load_documents
-from .envoy import DescriptorRule, read_service_config
-from .rules import RULE_NAME, Rule
+from .._core.located_yaml import YAMLError, load_documents
+from .._core.reader import Field
+from .._policy.envoy_actions import Action, read_actions
+from ..envoy import DescriptorRule, read_service_config
+from ..rules import RULE_NAME, Rule
+from .keys import HEADER_NAME, KeyMaker
+from .rules import MISSING, read_match, read_rule
 
 __all__ = ["Document", "read_document"]
 
@@ -48,7 +48,7 @@ class Document:
 
 def read_document(text: str, source: str, base: Path | None) -> Document:
     """Read one config file's text; errors go to ``report`` (raised by the caller)."""
-    from ._reader import Report
+    from .._core.reader import Report
 
     report = Report(source)
     doc = Document()
@@ -184,7 +184,7 @@ def _read_jwt(f: Field) -> Any:
             options[name] = keys[name].duration()
     if any(v is None or (isinstance(v, list) and None in v) for v in options.values()):
         return None
-    from ._jwt import JWTVerifier
+    from .._policy.jwt_verify import JWTVerifier
 
     try:
         return JWTVerifier(**options)

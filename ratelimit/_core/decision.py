@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._rate import Rate
+from .rate import Rate
 
 if TYPE_CHECKING:
-    from ._plan import Plan
+    from .plan import Plan
 
 __all__ = ["Decision", "LimitStatus", "Receipt"]
 

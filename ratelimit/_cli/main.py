@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from . import __version__
-from ._demo import REDIS_HELP, DemoError, rate_limit_headers, run_demo, tightest
+from .. import __version__
+from .demo import REDIS_HELP, DemoError, rate_limit_headers, run_demo, tightest
 
 __all__ = ["main", "rate_limit_headers", "tightest"]
 
@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"ratelimit demo: error: {exc}", file=sys.stderr)
             return 1
     if args.command == "check":
-        from ._cli_config import run_check
+        from .config import run_check
 
         for pair in args.env:
             name, sep, value = pair.partition("=")
@@ -96,11 +96,11 @@ def _run(args: argparse.Namespace) -> int:
             os.environ[name] = value
         return run_check(args.files)
     if args.command == "inspect":
-        from ._cli_config import run_inspect
+        from .config import run_inspect
 
         return run_inspect(args.config, args.identity, args.storage, args.rule, args.tier)
     try:
-        from .migrate import cli
+        from ..migrate import cli
     except ImportError as exc:
         print(f"ratelimit migrate: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,1 @@
+"""The ``ratelimit`` command: ``check``, ``inspect``, ``migrate`` and ``demo``."""
