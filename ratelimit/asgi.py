@@ -195,10 +195,14 @@ class RateLimitMiddleware:
         self, ctx: _Context, scope: Scope, receive: Receive, send: Send
     ) -> list[tuple[str, str]] | None:
         """Decide the middleware's rules: the headers to add, or None once denied here."""
-        if not ((rules := self.enforcer.rules) and (matched := self.enforcer.matching(ctx.request, rules))):
+        enforcer = self.enforcer
+        if not enforcer.snapshot().rules:
+            return _NO_HEADERS  # no RequestInfo built: decorators may still want one
+        outcome = await enforcer.acheck(ctx.request)
+        action = outcome.action
+        if action == "skip":
             return _NO_HEADERS
-        outcome = await self.enforcer.acheck(ctx.request, matched=matched)
-        if outcome.action == "deny" or outcome.action == "reject":
+        if action == "deny" or action == "reject":
             await self._deny(scope, receive, send, outcome)
             return None
         ctx.record(self.enforcer.limiter, outcome)

@@ -191,9 +191,11 @@ def combine_fields(
     (fewest remaining) and ``Retry-After`` is the longest.
     """
     response = response if isinstance(response, list) else list(response)
-    if not any(name.lower() in RATE_FIELDS for name, _ in response):
-        names = [k for k, _ in added]
-        if len(set(names)) == len(names):
+    for name, _ in response:
+        if name.lower() in RATE_FIELDS:
+            break
+    else:
+        if len(added) <= 1 or len({k for k, _ in added}) == len(added):
             # The common case: one decision's fields on a response that has none.
             return response + encode_fields(added)
     out: list[tuple[bytes, bytes]] = []

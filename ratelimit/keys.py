@@ -78,7 +78,7 @@ async def _resolve_async(key: KeyFunc, request: RequestInfo) -> str | None:
     if aresolve is not None:
         return _clean(await aresolve(request))
     value = key(request)
-    if isinstance(value, Awaitable):
+    if value.__class__ is not str and isinstance(value, Awaitable):
         value = await value
     return _clean(value)
 

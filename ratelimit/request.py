@@ -53,6 +53,16 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name``, or ``default``."""
+        if self._environ is None:
+            # ASGI pairs (bytes, as servers hand them over): stop at the first match.
+            bname = name.lower().encode("latin-1", "replace")
+            for k, v in self._pairs:
+                if k.__class__ is bytes and k.lower() == bname:
+                    return v.decode("latin-1") if isinstance(v, bytes) else v
+                if k.__class__ is not bytes:
+                    break  # str pairs (gRPC metadata): the general path
+            else:
+                return default
         found = self.get_all(name)
         return found[0] if found else default
 

@@ -45,7 +45,9 @@ class Plan:
     entries: tuple[tuple[int, Identity, Rate, int], ...]
 
 
-def make_plan(keyspace: KeySpace, items: Iterable[tuple[Identity, RateLike, int]], commit: bool) -> Plan:
+def make_plan(
+    keyspace: KeySpace, items: Iterable[tuple[Identity, RateLike | Sequence[Rate], int]], commit: bool
+) -> Plan:
     """Resolve items to counters, merging limits that share a counter."""
     index: dict[str, int] = {}
     keys: list[str] = []

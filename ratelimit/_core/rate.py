@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -138,7 +139,7 @@ def _parse_many(text: str) -> tuple[Rate, ...]:
     return tuple(_parse_one(p) for p in parts)
 
 
-def parse_rates(value: RateLike | list[RateLike] | tuple[RateLike, ...]) -> tuple[Rate, ...]:
+def parse_rates(value: RateLike | Sequence[RateLike]) -> tuple[Rate, ...]:
     """Turn a rate, a ``";"``/``","``-separated string of rates, or a list of them into Rates.
 
     >>> parse_rates("10/second; 1000/hour")

@@ -9,7 +9,7 @@ what users touch on top (decorators, config files).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from time import perf_counter
 from types import TracebackType
 from typing import Any, TypeVar
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from .._core.decision import Decision
 from .._core.keyspace import Identity, KeySpace
 from .._core.plan import HitItem, Plan, check_cost, decide, fallback_decision, make_plan
-from .._core.rate import RateLike, parse_rates
+from .._core.rate import Rate, RateLike, parse_rates
 from .._core.sinks import MetricsSink
 from ..backends._schemes import BackendOptions, backend_from_url
 from ..backends.base import Backend, BackendError
@@ -89,7 +89,7 @@ class Engine:
 
     # -- planning (no I/O) ---------------------------------------------------------
 
-    def _plan_one(self, identity: Identity, rate: RateLike, cost: int, commit: bool) -> Plan:
+    def _plan_one(self, identity: Identity, rate: RateLike | Sequence[Rate], cost: int, commit: bool) -> Plan:
         if cost.__class__ is not int:
             check_cost(cost)
         key = (identity, rate, cost, commit)
@@ -196,11 +196,12 @@ class Engine:
             return self._fallback(plan, exc, breaker)
         return self._finish(plan, raw, breaker, started)
 
-    def hit(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
+    def hit(self, identity: Identity, rate: RateLike | Sequence[Rate], cost: int = 1) -> Decision:
         """Count a hit of ``cost`` against ``identity``'s ``rate`` if it fits.
 
         ``rate`` is a :class:`Rate`, a string like ``"100/minute"``, or several
-        (``"10/second;1000/hour"``), all decided together. Denied hits consume nothing.
+        (``"10/second;1000/hour"``, or a sequence of Rates), all decided together.
+        Denied hits consume nothing.
         """
         return self._run(self._plan_one(identity, rate, cost, True))
 
@@ -213,7 +214,7 @@ class Engine:
         """
         return self._run(self._plan_many(items, cost, True))
 
-    def peek(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
+    def peek(self, identity: Identity, rate: RateLike | Sequence[Rate], cost: int = 1) -> Decision:
         """Would a hit of ``cost`` be allowed now? Reads without consuming."""
         return self._run(self._plan_one(identity, rate, cost, False))
 
@@ -286,7 +287,7 @@ class Engine:
             return self._fallback(plan, exc, breaker)
         return self._finish(plan, raw, breaker, started)
 
-    async def ahit(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
+    async def ahit(self, identity: Identity, rate: RateLike | Sequence[Rate], cost: int = 1) -> Decision:
         """Async :meth:`hit`."""
         return await self._arun(self._plan_one(identity, rate, cost, True))
 
@@ -294,7 +295,7 @@ class Engine:
         """Async :meth:`hit_many`."""
         return await self._arun(self._plan_many(items, cost, True))
 
-    async def apeek(self, identity: Identity, rate: RateLike, cost: int = 1) -> Decision:
+    async def apeek(self, identity: Identity, rate: RateLike | Sequence[Rate], cost: int = 1) -> Decision:
         """Async :meth:`peek`."""
         return await self._arun(self._plan_one(identity, rate, cost, False))
 

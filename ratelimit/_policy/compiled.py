@@ -1,0 +1,142 @@
+"""The compiled request plan: what can be decided before the first request, decided once.
+
+An Enforcer's :class:`~ratelimit.enforce.Snapshot` (its rules and settings at one moment)
+carries one :class:`CompiledRules`. Per request that leaves: find the rules of the route
+(a dict lookup after the first request of a route), read the key, one backend call, and
+header fields rendered from numbers into precomputed text.
+
+Only rules whose charge is fixed before the request compile to a :class:`RulePlan`
+(no tiers, overrides or ``replaces``, a constant cost, not shadow, one lookup): the
+common case. A request that matches anything else, or several rules, or whose key
+finds no identity, takes the general path; both give the same decisions and headers
+(``tests/policy/test_compiled.py`` checks it with hypothesis).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from .._core.decision import Decision
+from .._core.rate import Rate
+from ..headers import policy_field, rate_limit_headers, retry_after_header, sf_string
+from ..request import KeyFunc, RequestInfo
+from ..rules import Rule
+
+__all__ = ["CompiledRules", "HeaderRenderer", "RulePlan"]
+
+_ROUTE_CACHE_SIZE = 4096
+"""Distinct (method, path) pairs remembered per rule set; paths with ids in them churn it."""
+
+
+class HeaderRenderer:
+    """``rate_limit_headers`` for one fixed list of policies, its text built once."""
+
+    __slots__ = ("_current", "_legacy", "_names", "_policy", "_rates")
+
+    def __init__(self, names: tuple[str, ...], rates: tuple[Rate, ...], legacy: bool) -> None:
+        self._names, self._rates, self._legacy = names, rates, legacy
+        self._policy = policy_field(names, rates)
+        # One limit: the RateLimit field is this prefix and two numbers.
+        self._current = sf_string(names[0]) + ";r=" if len(names) == 1 else None
+
+    def render(self, decision: Decision) -> list[tuple[str, str]]:
+        """The fields of ``decision``; equal to ``rate_limit_headers(decision, names, rates, ...)``."""
+        current = self._current
+        if current is None or decision.fallback:
+            return rate_limit_headers(decision, self._names, self._rates, legacy=self._legacy)
+        allowed = decision.allowed
+        t = decision.retry_after if decision.retry_after > 0 else decision.reset_after
+        remaining = str(decision.remaining)
+        out = [
+            ("RateLimit-Policy", self._policy),
+            ("RateLimit", f"{current}{remaining};t={_seconds(t)}"),
+        ]
+        if self._legacy:
+            reset = decision.reset_after if allowed else decision.retry_after
+            out += [
+                ("X-RateLimit-Limit", str(decision.limit)),
+                ("X-RateLimit-Remaining", remaining),
+                ("X-RateLimit-Reset", str(_seconds(reset))),
+            ]
+        if not allowed:
+            out.append(retry_after_header(decision))
+        return out
+
+
+def _seconds(value: float) -> int:
+    # As in ratelimit.headers: whole seconds, rounded up, never negative.
+    return max(0, math.ceil(value - 1e-9))
+
+
+class RulePlan:
+    """One rule whose charge is known before the request: only the identity varies."""
+
+    __slots__ = ("cost", "key", "name", "names", "prefix", "rates", "render", "rule")
+
+    def __init__(self, rule: Rule, legacy: bool) -> None:
+        self.rule = rule
+        self.key: KeyFunc = rule.key
+        self.name = rule.name
+        # Rule names cannot contain "/", so the first "/" separates them unambiguously.
+        self.prefix = rule.name + "/"
+        self.rates = rule.rates
+        self.names = rule.policy_names
+        assert isinstance(rule.cost, int)
+        self.cost: int = rule.cost
+        self.render = HeaderRenderer(rule.policy_names, rule.rates, legacy).render
+
+    @staticmethod
+    def compiles(rule: Any) -> bool:
+        """Whether ``rule``'s charge is fixed before the request (see the module docstring)."""
+        return (
+            isinstance(rule, Rule)
+            and rule.simple
+            and not rule.shadow
+            and bool(rule.rates)
+            and not callable(rule.cost)
+            and len(rule.lookups) == 1
+        )
+
+
+class CompiledRules:
+    """A rule set's rules, with a route cache and a :class:`RulePlan` per compilable rule.
+
+    Immutable once built except for its caches, which only ever remember answers that
+    depend on the rules it was built from; a reload builds a new one.
+    """
+
+    __slots__ = ("_plans", "_routes", "rules")
+
+    def __init__(self, rules: Sequence[Any], legacy: bool) -> None:
+        self.rules = tuple(rules)
+        self._plans: dict[int, RulePlan] = {
+            id(r): RulePlan(r, legacy) for r in self.rules if RulePlan.compiles(r)
+        }
+        self._routes: dict[tuple[str, str], tuple[tuple[Any, ...], bool]] = {}
+
+    def route(self, method: str, path: str, request: RequestInfo) -> tuple[tuple[Any, ...], bool]:
+        """The rules whose paths and methods fit, and whether any has conditions left to check."""
+        key = (method, path)
+        found = self._routes.get(key)
+        if found is None:
+            routed = tuple(r for r in self.rules if r.matches_route(request))
+            found = (routed, any(r.conditional for r in routed))
+            if len(self._routes) >= _ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[key] = found
+        return found
+
+    def matching(self, request: RequestInfo) -> Sequence[Any]:
+        """The rules that apply to ``request`` (the same as filtering with ``Rule.matches``)."""
+        routed, conditional = self.route(request.method, request.path, request)
+        if not conditional:
+            return routed
+        return [r for r in routed if not r.conditional or r.matches_conditions(request)]
+
+    def plan_for(self, matched: Sequence[Any]) -> RulePlan | None:
+        """The compiled plan when ``matched`` is one compilable rule, else None."""
+        if len(matched) != 1:
+            return None
+        return self._plans.get(id(matched[0]))
