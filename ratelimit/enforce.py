@@ -378,7 +378,12 @@ class Enforcer:
             return Outcome("skip")
         plan = snap.compiled.plan_for(matched) if self._compiled else None
         if plan is not None:
-            identity = await _aidentity_of(plan.key, plan.rule, request)
+            try:
+                identity = await resolve_async(plan.key, request)
+            except Exception:
+                log.exception("key function of rule %r failed; treating the identity as missing", plan.name)
+                identity = None
+                request.memo[id(plan.key)] = (plan.key, None)  # the general path below reads this
             if identity is not None:
                 decided = await self.limiter.ahit(plan.prefix + identity, plan.rates, plan.cost)
                 return self._planned(snap, plan, decided)
@@ -403,6 +408,7 @@ def _identity_of(key: Any, rule: Rule, request: RequestInfo) -> str | None:
         raise  # a configuration error, not a request-time failure
     except Exception:
         log.exception("key function of rule %r failed; treating the identity as missing", rule.name)
+        request.memo[id(key)] = (key, None)  # asked again for this request: not run again
         return None
 
 
@@ -412,4 +418,5 @@ async def _aidentity_of(key: Any, rule: Rule, request: RequestInfo) -> str | Non
         return await resolve_async(key, request)
     except Exception:
         log.exception("key function of rule %r failed; treating the identity as missing", rule.name)
+        request.memo[id(key)] = (key, None)  # asked again for this request: not run again
         return None

@@ -67,20 +67,17 @@ async def resolve_async(key: KeyFunc, request: RequestInfo) -> str | None:
     found = memo.get(id(key))
     if found is not None and found[0] is key:
         return found[1]  # type: ignore[no-any-return]
-    result = await _resolve_async(key, request)
-    memo[id(key)] = (key, result)  # holding the key keeps its id from being reused
-    return result
-
-
-async def _resolve_async(key: KeyFunc, request: RequestInfo) -> str | None:
     # Key functions with a non-blocking variant offer ``aresolve`` (jwt_claim, compose).
     aresolve = getattr(key, "aresolve", None)
     if aresolve is not None:
-        return _clean(await aresolve(request))
-    value = key(request)
-    if value.__class__ is not str and isinstance(value, Awaitable):
-        value = await value
-    return _clean(value)
+        result = _clean(await aresolve(request))
+    else:
+        value = key(request)
+        if value.__class__ is not str and isinstance(value, Awaitable):
+            value = await value
+        result = _clean(value)
+    memo[id(key)] = (key, result)  # holding the key keeps its id from being reused
+    return result
 
 
 def _clean(value: object) -> str | None:

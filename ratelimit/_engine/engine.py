@@ -20,7 +20,7 @@ from .._core.plan import HitItem, Plan, check_cost, decide, fallback_decision, m
 from .._core.rate import Rate, RateLike, parse_rates
 from .._core.sinks import MetricsSink
 from ..backends._schemes import BackendOptions, backend_from_url
-from ..backends.base import Backend, BackendError
+from ..backends.base import Backend, BackendError, SyncBackend
 from ..backends.memory import DEFAULT_MAX_KEYS, MemoryBackend
 from ..ruleset import RuleSet
 from .denycache import DenyCache
@@ -77,6 +77,9 @@ class Engine:
             DenyCache() if (remote if deny_cache is None else deny_cache) else None
         )
         self._plans: dict[tuple[Any, ...], Plan] = {}
+        # A backend without I/O (memory) is decided inline on the asyncio path too: its
+        # async twin would only call the sync method from one more coroutine.
+        self._inline = type(self.backend).aevaluate is SyncBackend.aevaluate
         self.metrics = metrics
         if metrics is not None and hasattr(self.backend, "metrics"):
             self.backend.metrics = metrics  # queueing vs Redis time, per script call
@@ -289,11 +292,17 @@ class Engine:
 
     async def ahit(self, identity: Identity, rate: RateLike | Sequence[Rate], cost: int = 1) -> Decision:
         """Async :meth:`hit`."""
-        return await self._arun(self._plan_one(identity, rate, cost, True))
+        plan = self._plan_one(identity, rate, cost, True)
+        if self._inline:
+            return self._run(plan)
+        return await self._arun(plan)
 
     async def ahit_many(self, items: Iterable[HitItem], cost: int = 1) -> Decision:
         """Async :meth:`hit_many`."""
-        return await self._arun(self._plan_many(items, cost, True))
+        plan = self._plan_many(items, cost, True)
+        if self._inline:
+            return self._run(plan)
+        return await self._arun(plan)
 
     async def apeek(self, identity: Identity, rate: RateLike | Sequence[Rate], cost: int = 1) -> Decision:
         """Async :meth:`peek`."""

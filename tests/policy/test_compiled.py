@@ -180,3 +180,29 @@ def test_compiled_and_general_share_redis_counters(redis_url: str) -> None:
         info = request_info("/items", "GET", "dave", None, False)
         actions = [e.check(info).action for e in (fast, slow, fast, slow)]
     assert actions == ["allow", "allow", "allow", "deny"]
+
+
+def test_a_failing_key_runs_once_and_counts_as_missing(caplog: Any) -> None:
+    """A key function that raises is run once per request, logged once, and the
+    missing-identity policy applies (per client IP here), on both paths alike."""
+    calls = []
+
+    def broken(request: RequestInfo) -> str:
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    rule = Rule.of("broken", "5/minute", broken)
+    clock = FakeClock()
+    for compiled in (True, False):
+        enforcer = Enforcer.for_adapter(Limiter(clock=clock), "test", [rule], compiled=compiled)
+        calls.clear()
+        caplog.clear()
+        outcome = enforcer.check(request_info("/items", "GET", "alice", None, False))
+        assert outcome.action == "allow" and outcome.decision is not None
+        assert (
+            asyncio.run(enforcer.acheck(request_info("/items", "GET", "alice", None, False))).action
+            == "allow"
+        )
+        assert len(calls) == 2  # once per request, sync and async
+        assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 2
+        assert enforcer.limiter.peek("broken/ip:10.0.0.7", "5/minute").remaining == 3
