@@ -61,6 +61,8 @@ class Rate:
     limit: int
     window: float
     _hash: int = field(default=0, init=False, repr=False, compare=False)
+    window_us: int = field(default=0, init=False, repr=False, compare=False)
+    """The window in whole microseconds (a multiple of 1000)."""
 
     def __hash__(self) -> int:
         # Rates key every plan-cache lookup: hash once, not on each lookup.
@@ -82,11 +84,7 @@ class Rate:
         window_ms = round(float(window) * 1000)
         object.__setattr__(self, "window", window_ms / 1000)
         object.__setattr__(self, "_hash", hash((limit, window_ms)))
-
-    @property
-    def window_us(self) -> int:
-        """The window in whole microseconds (a multiple of 1000)."""
-        return round(self.window * 1000) * 1000
+        object.__setattr__(self, "window_us", window_ms * 1000)
 
     @classmethod
     def parse(cls, text: str) -> Rate:
