@@ -181,6 +181,27 @@ def load_keys(key: Any, *, secret_ok: bool) -> list[VerificationKey]:
     raise TypeError(f"unsupported key type {type(key).__name__}")
 
 
+def _fingerprint(keys: list[VerificationKey]) -> frozenset[tuple[Any, ...]]:
+    """What identifies a key set: each key's kid, alg, family and public key material.
+
+    Two fetches with equal fingerprints verify exactly the same tokens; key order and
+    unrelated JWK fields (``use: enc`` keys, ``x5c`` chains) do not count.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    def material(key: VerificationKey) -> Any:
+        if isinstance(key.key, bytes):
+            return key.key
+        try:
+            return key.key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        except Exception:  # no serialisation: never equal to anything, so a change
+            return object()
+
+    return frozenset((key.kid, key.alg, key.family, material(key)) for key in keys)
+
+
 # ---------------------------------------------------------------------------- where fetches run
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None
@@ -238,6 +259,10 @@ class JWKSCache:
     can interrupt), the caller goes on with the keys it has. A fetch that succeeds after
     its callers stopped waiting still fills the cache.
 
+    A fetch that brings a different key set bumps :attr:`generation`, which is how the
+    verifier's cache of verified tokens learns that verdicts reached under the old keys
+    no longer hold.
+
     Args:
         url: the JWKS endpoint (http or https). Redirects are not followed.
         ttl: seconds before cached keys are fetched again.
@@ -262,8 +287,9 @@ class JWKSCache:
         self._timeout = timeout
         self._clock = clock
         self._lock = threading.Lock()
-        # (keys, fetched_at) replaced as one tuple so lock-free readers see a consistent pair.
-        self._state: tuple[list[VerificationKey] | None, float] = (None, 0.0)
+        # (keys, fetched_at, generation) replaced as one tuple so lock-free readers see a
+        # consistent triple. The generation counts key-set changes (see :attr:`generation`).
+        self._state: tuple[list[VerificationKey] | None, float, int] = (None, 0.0, 0)
         self._last_attempt: float | None = None
         # The fetch in flight and the pid that started it: a forked child must not wait
         # for a fetch whose thread stayed in the parent.
@@ -274,9 +300,24 @@ class JWKSCache:
         """The cached keys (empty before the first successful fetch). Never fetches."""
         return self._state[0] or []
 
+    @property
+    def generation(self) -> int:
+        """Bumped whenever a fetch brings a key set different from the cached one.
+
+        0 before the first successful fetch. A refresh that serves the same keys again
+        (the TTL passed, nothing rotated) or fails leaves it as it is, so a verdict
+        reached under generation ``g`` holds exactly while ``generation == g``.
+        """
+        return self._state[2]
+
+    def snapshot(self) -> tuple[list[VerificationKey], int]:
+        """The cached keys and their :attr:`generation`, read together (one state read)."""
+        keys, _, generation = self._state
+        return keys or [], generation
+
     def is_stale(self) -> bool:
         """True before the first successful fetch and once the keys are ``ttl`` old."""
-        keys, fetched_at = self._state
+        keys, fetched_at, _ = self._state
         return keys is None or self._clock() - fetched_at >= self._ttl
 
     def may_refresh(self) -> bool:
@@ -329,7 +370,12 @@ class JWKSCache:
     def _attempt(self) -> None:
         try:
             document = json.loads(_http_get(self.url, self._timeout))
-            self._state = (parse_jwks(document, strict=False), self._clock())
+            keys = parse_jwks(document, strict=False)
+            # Only this fetch thread writes the state (one fetch in flight per cache).
+            previous, _, generation = self._state
+            if previous is None or _fingerprint(keys) != _fingerprint(previous):
+                generation += 1
+            self._state = (keys, self._clock(), generation)
         except Exception as exc:  # network, HTTP status, JSON, key material: all the same
             log.warning(
                 "JWKS fetch from %s failed, keeping %d cached key(s): %s", self.url, len(self.keys), exc

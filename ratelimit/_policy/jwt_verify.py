@@ -8,6 +8,10 @@ as anonymous; it never counts as the subject it claims.
     claims = verifier.verify(bearer_token(headers.get("authorization")) or "")
     identity = claims["sub"] if claims else client_ip
 
+A verified token is remembered (keyed by the exact token string) until its ``exp``, so
+clients re-sending the same token pay one signature check, not one per request; see
+:class:`JWTVerifier` ``cache_size``.
+
 Needs PyJWT with cryptography (``pip install 'ambient-ratelimit[jwt]'``), imported lazily.
 """
 
@@ -17,10 +21,11 @@ import enum
 import logging
 import math
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .jwks import ALGORITHM_FAMILIES, HMAC_MIN_BYTES, JWKSCache, VerificationKey, load_keys
 
@@ -33,6 +38,19 @@ log = logging.getLogger("ratelimit")
 
 MAX_TOKEN_LENGTH = 16 * 1024
 """Longer tokens are rejected before any parsing."""
+
+NO_EXP_TTL = 60.0
+"""Seconds a verified token without ``exp`` (only with ``require`` not listing it) is
+served from the token cache before it is verified again."""
+
+_wall_clock: Callable[[], float] = time.time
+"""The clock token times are checked against, PyJWT's (tests replace both together)."""
+
+# A remembered verdict: the claims, the bounds of its validity, the key generation it was
+# reached under, and whether the claims hold lists or objects (then copies must be deep).
+# Valid while ``not_before <= now + leeway and now - leeway < expires``: PyJWT's own
+# comparisons, on the integers it makes of nbf/iat and exp.
+_Entry: TypeAlias = "tuple[dict[str, Any], float, float, int, bool]"
 
 _BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
 
@@ -58,6 +76,20 @@ def _strings(value: str | Sequence[str] | None, name: str) -> list[str] | None:
     if not items or not all(isinstance(item, str) and item for item in items):
         raise ValueError(f"{name} must be a non-empty string or a sequence of them")
     return items
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of decoded JSON sharing nothing mutable with ``value``."""
+    if isinstance(value, dict):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(v) for v in value]
+    return value
+
+
+def _claims_copy(claims: dict[str, Any], nested: bool = True) -> dict[str, Any]:
+    """The caller's own claims: a remembered dict is never handed out, whatever callers do."""
+    return {k: _json_copy(v) for k, v in claims.items()} if nested else claims.copy()
 
 
 def _well_typed(claims: dict[str, Any]) -> bool:
@@ -106,6 +138,13 @@ class JWTVerifier:
             ``require``, issuer and audience are still checked. Takes no key.
         clock: monotonic seconds for the JWKS cache timings (tests); token times
             (``exp``, ``nbf``, ``iat``) are always checked against the wall clock.
+        cache_size: how many verified tokens to remember (0: none). A token verified once
+            is served from memory, without a signature check, while ``nbf``/``iat`` and
+            ``exp`` (with ``leeway``) allow it and, for a JWKS, until a refresh brings a
+            different key set; a token without ``exp`` for at most :data:`NO_EXP_TTL`.
+            Keyed by the exact token string; rejected tokens are never remembered. The
+            oldest entry makes room for a new one. An entry holds the token and its
+            claims: about 1.5 KiB for a 500-character token, 30 KiB at most.
     """
 
     def __init__(
@@ -123,6 +162,7 @@ class JWTVerifier:
         fetch_timeout: float = 2.0,
         verify: bool = True,
         clock: Callable[[], float] | None = None,
+        cache_size: int = 4096,
     ) -> None:
         _import_jwt()
         algs = _strings(algorithms, "algorithms") or []
@@ -134,6 +174,8 @@ class JWTVerifier:
         hmac_algs = [alg for alg in algs if alg in HMAC_MIN_BYTES]
         if min(leeway, jwks_ttl, jwks_min_refresh_interval) < 0 or fetch_timeout <= 0:
             raise ValueError("leeway, jwks_ttl and jwks_min_refresh_interval must be >= 0, fetch_timeout > 0")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be an integer >= 0, got {cache_size!r}")
 
         self._algorithms = frozenset(algs)
         self._verify_signature = verify
@@ -167,6 +209,11 @@ class JWTVerifier:
         self._issuer = _strings(issuer, "issuer")
         self._audience = _strings(audience, "audience")
         self._leeway = leeway
+        # Verified tokens, oldest first. Lookups take no lock (one dict.get under the GIL);
+        # every change is made under the lock, on the path that has just verified anyway.
+        self._cache_size = cache_size
+        self._cache: dict[str, _Entry] = {}
+        self._cache_lock = threading.Lock()
         self._options: Options = {
             "verify_signature": verify,
             "verify_exp": True,
@@ -196,10 +243,17 @@ class JWTVerifier:
         """The claims of a valid token, else ``None``; never raises for a bad token.
 
         May wait for a JWKS fetch, at most ``fetch_timeout`` seconds (the fetch itself runs
-        on a dedicated thread); use :meth:`averify` in async code.
+        on a dedicated thread); use :meth:`averify` in async code. The claims are the
+        caller's own copy.
         """
-        header = self._header(token)
+        entry = self._remembered(token)
         jwks = self._jwks
+        if entry is not None:
+            if jwks is not None and jwks.is_stale() and jwks.may_refresh():
+                jwks.refresh(wait=False)  # as below: only the request starting it waits
+            if (claims := self._current(entry)) is not None:
+                return claims
+        header = self._header(token)
         if header is not None and jwks is not None:
             deadline = jwks.deadline()
             if jwks.is_stale() and jwks.may_refresh():
@@ -207,7 +261,7 @@ class JWTVerifier:
                 jwks.refresh(wait=not jwks.keys, deadline=deadline)
             if self._kid_unknown(header[1]) and jwks.may_refresh():
                 jwks.refresh(deadline=deadline)
-        return None if header is None else self._check(token, *header)
+        return None if header is None else self._verified(token, *header)
 
     async def averify(self, token: str) -> dict[str, Any] | None:
         """Like :meth:`verify`, but a JWKS fetch is awaited while the event loop runs on.
@@ -215,15 +269,70 @@ class JWTVerifier:
         The fetch never occupies the loop's default executor, and concurrent calls share
         one fetch. Tokens whose keys are cached are verified inline (a signature check).
         """
-        header = self._header(token)
+        entry = self._remembered(token)
         jwks = self._jwks
+        if entry is not None:
+            if jwks is not None and jwks.is_stale() and jwks.may_refresh():
+                await jwks.arefresh(wait=False)
+            if (claims := self._current(entry)) is not None:
+                return claims
+        header = self._header(token)
         if header is not None and jwks is not None:
             deadline = jwks.deadline()
             if jwks.is_stale() and jwks.may_refresh():
                 await jwks.arefresh(wait=not jwks.keys, deadline=deadline)
             if self._kid_unknown(header[1]) and jwks.may_refresh():
                 await jwks.arefresh(deadline=deadline)
-        return None if header is None else self._check(token, *header)
+        return None if header is None else self._verified(token, *header)
+
+    # The hit path is _remembered, the JWKS TTL check and _current: a dict lookup and a few
+    # comparisons, no lock. A JWKS past its TTL is refreshed on hits as on misses, so
+    # cached verdicts cannot keep a retired key alive, and a refresh that brings another
+    # key set (a new generation) voids every verdict reached under the old one.
+
+    def _remembered(self, token: str) -> _Entry | None:
+        """The verdict remembered for ``token`` while its time window holds, else None."""
+        entry = self._cache.get(token) if token.__class__ is str else None
+        if entry is None:
+            return None
+        now = _wall_clock()
+        if entry[1] <= now + self._leeway and now - self._leeway < entry[2]:
+            return entry
+        return None  # past exp (or before nbf/iat): verified again, and then forgotten
+
+    def _current(self, entry: _Entry) -> dict[str, Any] | None:
+        """A copy of the remembered claims if the keys that verified them still stand."""
+        claims, _, _, generation, nested = entry
+        if self._jwks is not None and generation != self._jwks.generation:
+            return None
+        return _claims_copy(claims, nested)
+
+    def _verified(self, token: str, alg: str, kid: str | None) -> dict[str, Any] | None:
+        """Verify ``token`` and remember the verdict: the claims, or forget a stale entry."""
+        claims, generation = self._check(token, alg, kid)
+        if self._cache_size and token.__class__ is str:
+            self._remember(token, claims, generation)
+        return None if claims is None else _claims_copy(claims)
+
+    def _remember(self, token: str, claims: dict[str, Any] | None, generation: int) -> None:
+        entry: _Entry | None = None
+        if claims is not None:
+            # PyJWT int()s the time claims and compares them with now +/- leeway; so do we.
+            starts = [int(claims[name]) for name in ("nbf", "iat") if name in claims]
+            not_before: float = max(starts) if starts else -math.inf
+            if "exp" in claims:
+                expires: float = int(claims["exp"])
+            else:
+                expires = _wall_clock() + NO_EXP_TTL - self._leeway  # NO_EXP_TTL from now
+            nested = any(isinstance(value, (dict, list)) for value in claims.values())
+            entry = (claims, not_before, expires, generation, nested)
+        cache = self._cache
+        with self._cache_lock:
+            cache.pop(token, None)  # an outdated verdict; a new one goes in at the newest end
+            if entry is not None:
+                while len(cache) >= self._cache_size:
+                    del cache[next(iter(cache))]
+                cache[token] = entry
 
     def _header(self, token: str) -> tuple[str, str | None] | None:
         """The ``alg`` and ``kid`` of a token worth checking further, else None."""
@@ -246,11 +355,14 @@ class JWTVerifier:
         """True when ``kid`` names no cached JWKS key: a rotation a refresh may pick up."""
         return self._jwks is not None and kid is not None and all(k.kid != kid for k in self._jwks.keys)
 
-    def _check(self, token: str, alg: str, kid: str | None) -> dict[str, Any] | None:
+    def _check(self, token: str, alg: str, kid: str | None) -> tuple[dict[str, Any] | None, int]:
+        """The claims of ``token`` (or None) and the key generation they were checked with."""
         if not self._verify_signature:
             unverified = self._decode(token, None, None)
-            return None if unverified is _Need.OTHER_KEY else unverified
-        keys = self._jwks.keys if self._jwks is not None else self._static_keys
+            return (None if unverified is _Need.OTHER_KEY else unverified), 0
+        # Keys and generation read together: a verdict is only ever tagged with the
+        # generation of the keys that reached it.
+        keys, generation = self._jwks.snapshot() if self._jwks is not None else (self._static_keys, 0)
         candidates = [k for k in keys if k.kid == kid] if kid is not None else keys
         if not candidates:
             candidates = [k for k in keys if k.kid is None]
@@ -258,8 +370,8 @@ class JWTVerifier:
             if candidate.fits(alg):
                 claims = self._decode(token, candidate, alg)
                 if claims is not _Need.OTHER_KEY:
-                    return claims
-        return None
+                    return claims, generation
+        return None, generation
 
     def _decode(
         self, token: str, key: VerificationKey | None, alg: str | None
