@@ -75,7 +75,6 @@ def main() -> None:
     for _ in range(3):
         loop.run_until_complete(one(wrapped))
     hops: list[tuple[str, str]] = []
-    stack: list[str | None] = []
 
     def profile(frame: FrameType, event: str, arg: object) -> None:
         if event == "call":
