@@ -262,9 +262,7 @@ class Enforcer:
 
     def matching(self, request: RequestInfo, rules: Sequence[Any] | None = None) -> list[Any]:
         """The rules that apply to ``request``."""
-        if rules is None:
-            return list(self.snapshot().compiled.matching(request))
-        return [r for r in rules if r.matches(request)]
+        return list(self._matched(self.snapshot(), request, rules))
 
     # -- the shared steps (no I/O) -------------------------------------------------
 
