@@ -204,6 +204,15 @@ class jwt_claim(_Named):
 
     ``unverified=True`` decodes without checking the signature: only for tokens a
     proxy has already verified. Claims that are not strings or integers yield None.
+
+    ``token_cache_size`` bounds how many verified tokens are remembered (4096 by
+    default, about 1.5 KiB each for a 500-character token; ``0`` turns remembering off,
+    so every request pays a signature check). A remembered token is served without a
+    signature check only while its ``nbf``/``iat`` and ``exp`` (with ``leeway``) allow
+    it and its keys still stand; refused tokens are never remembered. With
+    ``verifier=`` the verifier's own setting applies (as do its other options).
+
+        key = jwt_subject(jwks_url="https://idp/.well-known/jwks.json", token_cache_size=0)
     """
 
     def __init__(
@@ -219,7 +228,11 @@ class jwt_claim(_Named):
         trusted_header: str | None = None,
         unverified: bool = False,
         verifier: Any = None,
+        token_cache_size: int = 4096,
     ) -> None:
+        size = token_cache_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"token_cache_size must be an integer >= 0, got {token_cache_size!r}")
         self.claim = name
         self.trusted_header = trusted_header.lower() if trusted_header else None
         self.verifier: Any = verifier
@@ -228,7 +241,12 @@ class jwt_claim(_Named):
         elif jwks_url is not None or key is not None or unverified:
             from ._policy.jwt_verify import JWTVerifier
 
-            options: dict[str, Any] = {"issuer": issuer, "audience": audience, "leeway": leeway}
+            options: dict[str, Any] = {
+                "issuer": issuer,
+                "audience": audience,
+                "leeway": leeway,
+                "cache_size": token_cache_size,
+            }
             if algorithms is not None:
                 options["algorithms"] = tuple(algorithms)
             self.verifier = JWTVerifier(jwks_url=jwks_url, key=key, verify=not unverified, **options)

@@ -32,6 +32,7 @@ _JWT = (
     "leeway",
     "require",
     "jwks_ttl",
+    "token_cache_size",
 )
 _ENVOY = ("name", "file", "domain", "descriptors", "match", "rate_limits")
 
@@ -182,6 +183,8 @@ def _read_jwt(f: Field) -> Any:
     for name in ("leeway", "jwks_ttl"):
         if name in keys:
             options[name] = keys[name].duration()
+    if "token_cache_size" in keys:
+        options["cache_size"] = keys["token_cache_size"].integer()
     if any(v is None or (isinstance(v, list) and None in v) for v in options.values()):
         return None
     from .._policy.jwt_verify import JWTVerifier
