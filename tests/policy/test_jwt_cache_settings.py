@@ -4,7 +4,9 @@ and under ``identity.jwt`` in config files reaches the verifier; ``0`` verifies 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import jwt
 import pytest
@@ -27,17 +29,12 @@ def request(bearer: str) -> RequestInfo:
 
 
 @pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def decodes() -> Iterator[list[str]]:
     """Every token PyJWT verifies from now on, in order."""
-    calls: list[str] = []
-    real = jwt.decode
-
-    def counting(token: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(token)
-        return real(token, *args, **kwargs)
-
-    monkeypatch.setattr(jwt, "decode", counting)
-    return calls
+    with mock.patch.object(jwt, "decode", wraps=jwt.decode) as spy:
+        calls: list[str] = []
+        spy.side_effect = lambda token, *args, **kwargs: calls.append(token) or mock.DEFAULT
+        yield calls
 
 
 def subject(**options: Any) -> jwt_claim:
