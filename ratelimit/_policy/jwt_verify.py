@@ -24,8 +24,8 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from .jwks import ALGORITHM_FAMILIES, HMAC_MIN_BYTES, JWKSCache, VerificationKey, load_keys
 
@@ -51,6 +51,9 @@ _wall_clock: Callable[[], float] = time.time
 # Valid while ``not_before <= now + leeway and now - leeway < expires``: PyJWT's own
 # comparisons, on the integers it makes of nbf/iat and exp.
 _Entry: TypeAlias = "tuple[dict[str, Any], float, float, int, bool]"
+
+# A JWKS refresh a verification needs before it goes on: the cache, wait, deadline.
+_Refresh: TypeAlias = "tuple[JWKSCache, bool, float | None]"
 
 _BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
 
@@ -246,22 +249,15 @@ class JWTVerifier:
         on a dedicated thread); use :meth:`averify` in async code. The claims are the
         caller's own copy.
         """
-        entry = self._remembered(token)
-        jwks = self._jwks
-        if entry is not None:
-            if jwks is not None and jwks.is_stale() and jwks.may_refresh():
-                jwks.refresh(wait=False)  # as below: only the request starting it waits
-            if (claims := self._current(entry)) is not None:
-                return claims
-        header = self._header(token)
-        if header is not None and jwks is not None:
-            deadline = jwks.deadline()
-            if jwks.is_stale() and jwks.may_refresh():
-                # With keys in hand, let whoever is already refreshing do it and go on.
-                jwks.refresh(wait=not jwks.keys, deadline=deadline)
-            if self._kid_unknown(header[1]) and jwks.may_refresh():
-                jwks.refresh(deadline=deadline)
-        return None if header is None else self._verified(token, *header)
+        if (claims := self._hit(token)) is not None:
+            return claims
+        steps = self._steps(token)
+        try:
+            while True:
+                jwks, wait, deadline = next(steps)
+                jwks.refresh(wait=wait, deadline=deadline)
+        except StopIteration as done:
+            return cast("dict[str, Any] | None", done.value)
 
     async def averify(self, token: str) -> dict[str, Any] | None:
         """Like :meth:`verify`, but a JWKS fetch is awaited while the event loop runs on.
@@ -269,20 +265,48 @@ class JWTVerifier:
         The fetch never occupies the loop's default executor, and concurrent calls share
         one fetch. Tokens whose keys are cached are verified inline (a signature check).
         """
+        if (claims := self._hit(token)) is not None:
+            return claims
+        steps = self._steps(token)
+        try:
+            while True:
+                jwks, wait, deadline = next(steps)
+                await jwks.arefresh(wait=wait, deadline=deadline)
+        except StopIteration as done:
+            return cast("dict[str, Any] | None", done.value)
+
+    # verify and averify share every step but the refresh: _steps decides, yields each
+    # refresh it needs (the JWKS, wait, deadline) for the caller to make, blocking or
+    # awaited, and returns the claims. A remembered token whose JWKS needs no refresh is
+    # answered before that, by _hit, without a generator.
+
+    def _hit(self, token: str) -> dict[str, Any] | None:
+        """The remembered claims of ``token`` when no JWKS refresh is due, else None."""
+        entry = self._remembered(token)
+        if entry is None:
+            return None
+        jwks = self._jwks
+        if jwks is not None and jwks.is_stale() and jwks.may_refresh():
+            return None  # the refresh comes first: it may void the entry
+        return self._current(entry)
+
+    def _steps(self, token: str) -> Generator[_Refresh, None, dict[str, Any] | None]:
+        """Verify ``token``, yielding each JWKS refresh to make before going on."""
         entry = self._remembered(token)
         jwks = self._jwks
         if entry is not None:
             if jwks is not None and jwks.is_stale() and jwks.may_refresh():
-                await jwks.arefresh(wait=False)
+                yield jwks, False, None  # as below: only the request starting it waits
             if (claims := self._current(entry)) is not None:
                 return claims
         header = self._header(token)
         if header is not None and jwks is not None:
             deadline = jwks.deadline()
             if jwks.is_stale() and jwks.may_refresh():
-                await jwks.arefresh(wait=not jwks.keys, deadline=deadline)
+                # With keys in hand, let whoever is already refreshing do it and go on.
+                yield jwks, not jwks.keys, deadline
             if self._kid_unknown(header[1]) and jwks.may_refresh():
-                await jwks.arefresh(deadline=deadline)
+                yield jwks, True, deadline
         return None if header is None else self._verified(token, *header)
 
     # The hit path is _remembered, the JWKS TTL check and _current: a dict lookup and a few
