@@ -225,9 +225,12 @@ def _resolver(fut: asyncio.Future[Any]) -> OnReply:
 async def open_connection(endpoint: Endpoint, budget: float) -> Connection:
     """Connect and log in (AUTH, SELECT) within ``budget`` seconds, or raise :class:`WireError`.
 
-    The TCP connect is judged like a reply (see :func:`_connect_tcp`); a TLS handshake,
-    whose steps asyncio runs internally, gets ``max(budget, 1 s)``; the login commands
-    are ordinary pipelined commands with the budget.
+    The TCP connect gets the budget, to every address a name resolves to together, and is
+    judged like a reply (see :func:`_connect_tcp`); resolving a name and a TLS handshake,
+    whose steps asyncio runs internally, get ``max(budget, 1 s)`` each; the login
+    commands are ordinary pipelined commands that share one more budget: a server that
+    never completes the connect, or never answers the login, costs one budget, not one
+    per address or per command.
     """
     loop = asyncio.get_running_loop()
     address = endpoint.address
@@ -256,14 +259,15 @@ async def open_connection(endpoint: Endpoint, budget: float) -> Connection:
         raise BackendTimeout(f"connecting to Redis at {address} took over the budget", address) from exc
     except (OSError, ssl.SSLError) as exc:
         raise WireError(f"cannot connect to Redis at {address}: {exc}", address) from exc
+    deadline = loop.time() + budget
     try:
         if endpoint.password is not None:
             auth: tuple[str, ...] = ("AUTH", endpoint.password)
             if endpoint.username:
                 auth = ("AUTH", endpoint.username, endpoint.password)
-            _check(await conn.call(*auth, budget=budget), address)
+            _check(await conn.call(*auth, budget=_left(loop, deadline)), address)
         if endpoint.db:
-            _check(await conn.call("SELECT", endpoint.db, budget=budget), address)
+            _check(await conn.call("SELECT", endpoint.db, budget=_left(loop, deadline)), address)
     except BaseException:
         conn.close()
         raise
@@ -286,12 +290,15 @@ async def _connect_tcp(loop: asyncio.AbstractEventLoop, host: str, port: int, bu
         )
         infos = [(family, addr) for family, _, _, _, addr in found]
     error: OSError | None = None
-    for family, addr in infos:
+    deadline = loop.time() + budget
+    for tried, (family, addr) in enumerate(infos):
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await _connected(loop, sock, addr, budget)
+            # An equal share of what is left: an address that hangs leaves the others
+            # time, and one that refuses at once passes its share on to them.
+            await _connected(loop, sock, addr, _left(loop, deadline) / (len(infos) - tried))
             return sock
         except OSError as exc:
             sock.close()
@@ -333,6 +340,11 @@ async def _connected(loop: asyncio.AbstractEventLoop, sock: socket.socket, addr:
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
+
+
+def _left(loop: asyncio.AbstractEventLoop, deadline: float) -> float:
+    """Seconds until ``deadline``; never 0, so that an answer already in is still read."""
+    return max(deadline - loop.time(), 0.001)
 
 
 def _deliver(on_reply: OnReply, reply: Any) -> None:
