@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from ._redis_urls import (
     target_endpoints,
 )
 from ._slots import merge_slots, refund_calls, slot_groups, slot_of, subplan
+from ._syncserver import SyncServer, lean_target
 from ._wire import BackendTimeout, Endpoint
 
 try:
@@ -64,7 +66,8 @@ class RedisBackend:
             moment the call is written to the socket (plus connecting, when a
             connection must be made first). Time spent queued in this process is not
             counted: see docs/failure.md.
-        coalesce: batch the checks of concurrent asyncio requests into shared calls.
+        coalesce: batch the checks of concurrent requests into shared calls: those of
+            one event loop, and (standalone and Sentinel) those of one process's threads.
         max_batch: plans per script call.
         max_inflight: unanswered script calls per server connection (pipelined); more
             wait in this process until replies come back.
@@ -111,6 +114,9 @@ class RedisBackend:
         self.sharded = self.cluster
         """Several servers hold the counters: the limiter keeps a circuit breaker per server."""
         self.metrics: MetricsSink | None = None  # set by the Limiter
+        # The sync path's lean connections (standalone, Sentinel), per process; else redis-py.
+        self._lean = client is None and lean_target(self.target)
+        self._sync: SyncServer | None = None
 
     def __repr__(self) -> str:
         where = self.target.redacted() if self.target else "given client"
@@ -223,8 +229,29 @@ class RedisBackend:
         except Exception as exc:
             raise _error(exc, shard) from exc
 
+    def _sync_server(self) -> SyncServer:
+        with self._client_lock:
+            server = self._sync
+            if server is None or server.pid != os.getpid():
+                if server is not None:  # a forked child: the parent's connections are the parent's
+                    server.close()
+                assert self.target is not None
+                server = self._sync = SyncServer(
+                    self.target, self.timeout, _WINDOW, self._max_batch, self._coalesce
+                )
+            return server
+
     def evaluate(self, plan: Plan) -> RawResult:
-        """Decide ``plan`` with one script call (per hash slot on a cluster)."""
+        """Decide ``plan`` with one script call (per hash slot on a cluster).
+
+        On a standalone server or a Sentinel's master, the checks of concurrent threads
+        share script calls (see ``_combiner``).
+        """
+        if self._lean:
+            server = self._sync
+            if server is None or server.pid != os.getpid():
+                server = self._sync_server()
+            return server.evaluate(plan)
         shard = None
         if self.cluster:
             groups = slot_groups(plan)
@@ -247,7 +274,10 @@ class RedisBackend:
     def refund(self, plan: Plan, nows: Sequence[int]) -> None:
         """Give back what ``plan`` charged (``lua/refund.lua``, one call per hash slot)."""
         for keys, argv in refund_calls(plan, nows, self.cluster):
-            self._call(self.client, keys, argv, _REFUND)
+            if self._lean:
+                self._sync_server().script(_REFUND, keys, argv)
+            else:
+                self._call(self.client, keys, argv, _REFUND)
 
     def delete(self, keys: Sequence[str], prefixes: Sequence[str]) -> int:
         """Delete counters by key and by literal key prefix (via SCAN)."""
@@ -258,6 +288,9 @@ class RedisBackend:
 
     def close(self) -> None:
         """Close the sync clients this backend made (clients passed in stay open)."""
+        server, self._sync = self._sync, None
+        if server is not None:
+            server.close()
         for obj in self._closers:
             _close_quietly(obj)
         if self._closers:
