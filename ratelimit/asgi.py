@@ -28,7 +28,7 @@ from ._core.rate import RateLike
 from ._core.sinks import MetricsSink
 from .decorators import RateLimitExceeded, register_context_finder
 from .enforce import Enforcer, MissingIdentity, Outcome
-from .headers import combine_fields, encode_fields
+from .headers import combine_raw, encode_fields
 from .limiter import Limiter
 from .request import Headers, KeyFunc, RequestInfo
 from .rules import Rule, rule_slug
@@ -51,7 +51,7 @@ DenialHook = Callable[[Scope, Outcome], Awaitable["ASGIApp | None"]]
 The app it returns answers the denial; None keeps the default answer.
 """
 
-_NO_HEADERS: list[tuple[str, str]] = []  # shared; never mutated
+_NO_FIELDS: list[tuple[bytes, bytes]] = []  # shared; never mutated
 _POLICY_VIOLATION = 1008
 
 
@@ -91,15 +91,18 @@ class _Context(context.RequestContext):
     """The middleware's RequestContext: ``request`` and ``headers`` are built on first use.
 
     Every request gets one (decorators look for it), but most never need its
-    RequestInfo (no rule, no decorator) or a header list.
+    RequestInfo (no rule, no decorator) or a header list. Decorators' outcomes add
+    their fields as ASGI bytes (``_raw``); text that code put in ``headers`` is
+    encoded when the response starts.
     """
 
-    __slots__ = ("_added", "_info", "_scope")
+    __slots__ = ("_added", "_info", "_raw", "_scope")
 
     def __init__(self, scope: Scope, render: Callable[[Outcome], Any]) -> None:
         self._scope = scope
         self._info: RequestInfo | None = None
         self._added: list[tuple[str, str]] | None = None
+        self._raw: list[tuple[bytes, bytes]] | None = None
         self.render = render
         self.charges = None
 
@@ -122,6 +125,27 @@ class _Context(context.RequestContext):
     @headers.setter
     def headers(self, value: list[tuple[str, str]]) -> None:
         self._added = value
+
+    def add(self, outcome: Outcome) -> None:
+        raw = outcome.raw_headers
+        if raw:
+            if self._raw is None:
+                self._raw = raw
+            else:
+                self._raw = self._raw + raw
+
+    def fields(self, own: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """The fields to add to the response: ``own`` (the middleware's), then the others'.
+
+        The flag says whether they come from one decision alone (each name at most once).
+        """
+        raw, added = self._raw, self._added
+        if raw is None and not added:
+            return own, True
+        extra = own + raw if raw is not None else own
+        if added:
+            extra = extra + encode_fields(added)
+        return extra, False
 
 
 class RateLimitMiddleware:
@@ -193,27 +217,27 @@ class RateLimitMiddleware:
 
     async def _check(
         self, ctx: _Context, scope: Scope, receive: Receive, send: Send
-    ) -> list[tuple[str, str]] | None:
-        """Decide the middleware's rules: the headers to add, or None once denied here."""
+    ) -> list[tuple[bytes, bytes]] | None:
+        """Decide the middleware's rules: the header fields to add, or None once denied here."""
         enforcer = self.enforcer
         if not enforcer.snapshot().rules:
-            return _NO_HEADERS  # no RequestInfo built: decorators may still want one
+            return _NO_FIELDS  # no RequestInfo built: decorators may still want one
         outcome = await enforcer.acheck(ctx.request)
         action = outcome.action
         if action == "skip":
-            return _NO_HEADERS
+            return _NO_FIELDS
         if action == "deny" or action == "reject":
             await self._deny(scope, receive, send, outcome)
             return None
-        ctx.record(self.enforcer.limiter, outcome)
-        return outcome.headers
+        ctx.record(enforcer.limiter, outcome)
+        return outcome.raw_headers
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = _Context(scope, _render_http)
         token = context.current.set(ctx)
         try:
-            added = await self._check(ctx, scope, receive, send)
-            if added is None:
+            own = await self._check(ctx, scope, receive, send)
+            if own is None:
                 return
             started = False
 
@@ -221,9 +245,9 @@ class RateLimitMiddleware:
                 nonlocal started
                 if message["type"] == "http.response.start":
                     started = True
-                    extra = added + ctx._added if ctx._added else added
+                    extra, unique = ctx.fields(own)
                     if extra:
-                        message["headers"] = combine_fields(message.get("headers", ()), extra)
+                        message["headers"] = combine_raw(message.get("headers", ()), extra, unique=unique)
                 await send(message)
 
             try:
@@ -249,9 +273,9 @@ class RateLimitMiddleware:
                 kind = message["type"]
                 if kind == "websocket.accept":
                     state = "open"
-                    extra = added + ctx._added if ctx._added else added
+                    extra, unique = ctx.fields(added)
                     if extra:
-                        message["headers"] = combine_fields(message.get("headers", ()), extra)
+                        message["headers"] = combine_raw(message.get("headers", ()), extra, unique=unique)
                 elif kind == "websocket.close" or kind == "websocket.http.response.start":
                     state = "closed"
                 await send(message)
@@ -292,7 +316,7 @@ class RateLimitMiddleware:
         fields = [
             (b"content-type", outcome.content_type.encode("latin-1")),
             (b"content-length", str(len(body)).encode()),
-            *encode_fields(outcome.headers),
+            *outcome.raw_headers,
         ]
         await send({"type": prefix + ".start", "status": outcome.status, "headers": fields})
         await send({"type": prefix + ".body", "body": body, "more_body": False})
@@ -412,4 +436,4 @@ class RateLimit:
                 outcome.status, detail=json.loads(outcome.body), headers=dict(outcome.headers)
             )
         if ctx is not None:
-            ctx.headers.extend(outcome.headers)
+            ctx.add(outcome)

@@ -41,6 +41,10 @@ class RequestContext:
     headers: list[tuple[str, str]] = field(default_factory=list)
     charges: list[tuple[Engine, Decision]] | None = None
 
+    def add(self, outcome: Outcome) -> None:
+        """Add an allowed ``outcome``'s header fields to the response."""
+        self.headers.extend(outcome.headers)
+
     def record(self, limiter: Engine, outcome: Outcome) -> None:
         """Remember what an allowed ``outcome`` charged, for a later denial to refund."""
         for decision in (outcome.decision, outcome.shadow):

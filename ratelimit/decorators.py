@@ -139,7 +139,7 @@ def limit(
                 if outcome.action in ("deny", "reject"):
                     await ctx.refund_async()  # the middleware's charges: denied means nothing counts
                     return ctx.render(outcome)
-                ctx.headers.extend(outcome.headers)
+                ctx.add(outcome)
                 return await original(*args, **kwargs)
 
             wrapper: Any = awrapper
@@ -152,7 +152,7 @@ def limit(
                 if outcome.action in ("deny", "reject"):
                     ctx.refund_sync()  # the middleware's charges: denied means nothing counts
                     return ctx.render(outcome)
-                ctx.headers.extend(outcome.headers)
+                ctx.add(outcome)
                 return original(*args, **kwargs)
 
             wrapper = swrapper

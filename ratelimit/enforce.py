@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._core.decision import Decision
@@ -18,7 +18,7 @@ from ._core.sinks import MetricsSink
 from ._engine.engine import Engine
 from ._policy.charges import plan_charges, policies, split_charges
 from ._policy.compiled import CompiledRules, RulePlan
-from .headers import problem_body, rate_limit_headers
+from .headers import encode_fields, problem_body, rate_limit_headers
 from .keys import AsyncKeyError, client_ip, resolve, resolve_async
 from .metrics import NullMetrics
 from .request import KeyFunc, RequestInfo
@@ -39,28 +39,106 @@ _UNAUTHENTICATED = (
 )
 
 
-@dataclass(slots=True)
 class Outcome:
     """What to do with a request.
 
     ``action`` is ``"allow"`` (pass on, adding ``headers``), ``"deny"`` (answer
     ``status`` 429 with ``headers`` and ``body``), ``"reject"`` (401: no identity and
     the policy says so) or ``"skip"`` (no rule applied).
+
+    ``headers`` are text pairs; :attr:`raw_headers` are the same fields as the
+    lower-case latin-1 bytes ASGI servers send. A compiled rule's outcome renders
+    whichever an adapter asks for, straight from the decision's numbers.
     """
 
-    action: Literal["allow", "deny", "reject", "skip"]
-    status: int = 200
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-    content_type: str = "application/problem+json"
-    decision: Decision | None = None
-    shadow: Decision | None = None
-    names: tuple[str, ...] = ()
+    __slots__ = (
+        "_headers",
+        "_raw",
+        "action",
+        "body",
+        "content_type",
+        "decision",
+        "names",
+        "shadow",
+        "status",
+    )
+
+    def __init__(
+        self,
+        action: Literal["allow", "deny", "reject", "skip"],
+        status: int = 200,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        content_type: str = "application/problem+json",
+        decision: Decision | None = None,
+        shadow: Decision | None = None,
+        names: tuple[str, ...] = (),
+    ) -> None:
+        self.action = action
+        self.status = status
+        self._headers = [] if headers is None else headers
+        self._raw: RulePlan | None = None  # set: the fields are rendered from decision on demand
+        self.body = body
+        self.content_type = content_type
+        self.decision = decision
+        self.shadow = shadow
+        self.names = names
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The header fields to add to the response, as text."""
+        plan = self._raw
+        if plan is not None:
+            self._raw = None
+            assert self.decision is not None
+            self._headers = plan.render(self.decision)
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: list[tuple[str, str]]) -> None:
+        self._raw = None
+        self._headers = value
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """:attr:`headers` as ASGI's ``(bytes, bytes)`` pairs, lower-case names."""
+        plan = self._raw
+        if plan is not None:
+            assert self.decision is not None
+            return plan.render_raw(self.decision)
+        return encode_fields(self._headers) if self._headers else []
 
     @property
     def retry_after(self) -> float:
         """Seconds until the request could succeed (0 unless denied)."""
         return self.decision.retry_after if self.decision is not None and self.action == "deny" else 0.0
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.action,
+            self.status,
+            self.headers,
+            self.body,
+            self.content_type,
+            self.decision,
+            self.shadow,
+            self.names,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Outcome:
+            return NotImplemented
+        assert isinstance(other, Outcome)
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        return (
+            f"Outcome(action={self.action!r}, status={self.status!r}, headers={self.headers!r}, "
+            f"body={self.body!r}, content_type={self.content_type!r}, decision={self.decision!r}, "
+            f"shadow={self.shadow!r}, names={self.names!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,10 +394,14 @@ class Enforcer:
             if decision.from_cache:
                 self.metrics.deny_cache_hit(plan.name)
         if decision.allowed:
-            hdrs = plan.render(decision) if snap.headers else []
-            return Outcome("allow", headers=hdrs, decision=decision, names=plan.names)
+            out = Outcome("allow", 200, None, b"", "application/problem+json", decision, None, plan.names)
+            if snap.headers:
+                out._raw = plan  # rendered when an adapter reads them, as text or bytes
+            return out
         body = problem_body(decision, plan.names)
-        return Outcome("deny", 429, plan.render(decision), body, decision=decision, names=plan.names)
+        out = Outcome("deny", 429, None, body, "application/problem+json", decision, None, plan.names)
+        out._raw = plan
+        return out
 
     def _matched(self, snap: Snapshot, request: RequestInfo, rules: Sequence[Any] | None) -> Sequence[Any]:
         if rules is None:

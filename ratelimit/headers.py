@@ -28,6 +28,7 @@ __all__ = [
     "PROBLEM_TYPE",
     "RATE_FIELDS",
     "combine_fields",
+    "combine_raw",
     "encode_fields",
     "merge_fields",
     "policy_name",
@@ -190,14 +191,24 @@ def combine_fields(
     become one structured-field list each, ``X-RateLimit-*`` come from the tightest
     (fewest remaining) and ``Retry-After`` is the longest.
     """
+    return combine_raw(response, encode_fields(added))
+
+
+def combine_raw(
+    response: Iterable[tuple[bytes, bytes]], added: list[tuple[bytes, bytes]], *, unique: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """:func:`combine_fields` with ``added`` already encoded (lower-case latin-1 bytes).
+
+    ``unique``: the caller knows ``added`` names each field at most once (one decision's).
+    """
     response = response if isinstance(response, list) else list(response)
     for name, _ in response:
         if name.lower() in RATE_FIELDS:
             break
     else:
-        if len(added) <= 1 or len({k for k, _ in added}) == len(added):
+        if unique or len(added) <= 1 or len({k for k, _ in added}) == len(added):
             # The common case: one decision's fields on a response that has none.
-            return response + encode_fields(added)
+            return response + added
     out: list[tuple[bytes, bytes]] = []
     fields: list[tuple[bytes, bytes]] = []
     for name, value in response:
@@ -206,7 +217,7 @@ def combine_fields(
             fields.append((lname, value))
         else:
             out.append((name, value))
-    fields += encode_fields(added)
+    fields += added
     if len({name for name, _ in fields}) == len(fields):
         return out + fields
     policy: list[bytes] = []

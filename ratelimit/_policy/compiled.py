@@ -20,7 +20,7 @@ from typing import Any
 
 from .._core.decision import Decision
 from .._core.rate import Rate
-from ..headers import policy_field, rate_limit_headers, retry_after_header, sf_string
+from ..headers import encode_fields, policy_field, rate_limit_headers, retry_after_header, sf_string
 from ..request import KeyFunc, RequestInfo
 from ..rules import Rule
 
@@ -31,15 +31,22 @@ _ROUTE_CACHE_SIZE = 4096
 
 
 class HeaderRenderer:
-    """``rate_limit_headers`` for one fixed list of policies, its text built once."""
+    """``rate_limit_headers`` for one fixed list of policies, its text built once.
 
-    __slots__ = ("_current", "_legacy", "_names", "_policy", "_rates")
+    :meth:`render` gives text pairs (WSGI, gRPC, decorators); :meth:`render_raw` the
+    same fields as ASGI's lower-case latin-1 bytes, built from precomputed prefixes
+    instead of encoding text.
+    """
+
+    __slots__ = ("_current", "_current_raw", "_legacy", "_names", "_policy", "_policy_raw", "_rates")
 
     def __init__(self, names: tuple[str, ...], rates: tuple[Rate, ...], legacy: bool) -> None:
         self._names, self._rates, self._legacy = names, rates, legacy
         self._policy = policy_field(names, rates)
+        self._policy_raw = (b"ratelimit-policy", self._policy.encode("latin-1"))
         # One limit: the RateLimit field is this prefix and two numbers.
         self._current = sf_string(names[0]) + ";r=" if len(names) == 1 else None
+        self._current_raw = self._current.encode("latin-1") if self._current is not None else None
 
     def render(self, decision: Decision) -> list[tuple[str, str]]:
         """The fields of ``decision``; equal to ``rate_limit_headers(decision, names, rates, ...)``."""
@@ -64,6 +71,25 @@ class HeaderRenderer:
             out.append(retry_after_header(decision))
         return out
 
+    def render_raw(self, decision: Decision) -> list[tuple[bytes, bytes]]:
+        """:meth:`render` as ASGI header bytes (``encode_fields(render(decision))``)."""
+        current = self._current_raw
+        if current is None or decision.fallback or not decision.allowed or decision.retry_after > 0:
+            return encode_fields(self.render(decision))  # the rarer cases: one code path
+        remaining = b"%d" % decision.remaining
+        reset = _seconds(decision.reset_after)  # allowed: retry_after is 0
+        out = [
+            self._policy_raw,
+            (b"ratelimit", b"%s%s;t=%d" % (current, remaining, reset)),
+        ]
+        if self._legacy:
+            out += [
+                (b"x-ratelimit-limit", b"%d" % decision.limit),
+                (b"x-ratelimit-remaining", remaining),
+                (b"x-ratelimit-reset", b"%d" % reset),
+            ]
+        return out
+
 
 def _seconds(value: float) -> int:
     # As in ratelimit.headers: whole seconds, rounded up, never negative.
@@ -73,7 +99,7 @@ def _seconds(value: float) -> int:
 class RulePlan:
     """One rule whose charge is known before the request: only the identity varies."""
 
-    __slots__ = ("cost", "key", "name", "names", "prefix", "rates", "render", "rule")
+    __slots__ = ("cost", "key", "name", "names", "prefix", "rates", "render", "render_raw", "rule")
 
     def __init__(self, rule: Rule, legacy: bool) -> None:
         self.rule = rule
@@ -85,7 +111,9 @@ class RulePlan:
         self.names = rule.policy_names
         assert isinstance(rule.cost, int)
         self.cost: int = rule.cost
-        self.render = HeaderRenderer(rule.policy_names, rule.rates, legacy).render
+        renderer = HeaderRenderer(rule.policy_names, rule.rates, legacy)
+        self.render = renderer.render
+        self.render_raw = renderer.render_raw
 
     @staticmethod
     def compiles(rule: Any) -> bool:

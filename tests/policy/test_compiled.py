@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ratelimit import Enforcer, Limiter, RequestInfo, Rule
 from ratelimit._policy.compiled import CompiledRules, HeaderRenderer, RulePlan
 from ratelimit.enforce import Outcome
-from ratelimit.headers import rate_limit_headers
+from ratelimit.headers import encode_fields, rate_limit_headers
 from ratelimit.keys import header
 from ratelimit.matchers import HeaderMatch
 from ratelimit.request import Headers
@@ -76,6 +76,9 @@ def request_info(path: str, method: str, user: str | None, tenant: str | None, b
 
 
 def view(outcome: Outcome) -> tuple[Any, ...]:
+    raw = outcome.raw_headers  # before .headers: a compiled outcome renders bytes directly
+    assert raw == encode_fields(outcome.headers)
+    assert outcome.raw_headers == raw  # and again, once the text exists
     d = outcome.decision
     numbers = None if d is None else (d.allowed, d.limit, d.remaining, d.reset_after, d.retry_after)
     return (outcome.action, outcome.status, outcome.headers, outcome.body, outcome.names, numbers)
@@ -152,22 +155,36 @@ def test_the_fast_path_is_taken() -> None:
     st.floats(0, 4000, allow_nan=False),
     st.floats(0, 4000, allow_nan=False),
     st.booleans(),
+    st.booleans(),
+    st.booleans(),
 )
 def test_renderer_equals_rate_limit_headers(
-    rates: str, allowed: bool, remaining: int, reset: float, retry: float, legacy: bool
+    rates: str,
+    allowed: bool,
+    remaining: int,
+    reset: float,
+    retry: float,
+    legacy: bool,
+    fallback: bool,
+    odd_retry: bool,
 ) -> None:
-    """The precomputed renderer writes what ``rate_limit_headers`` writes."""
+    """The precomputed renderer writes what ``rate_limit_headers`` writes, as text and as bytes."""
     from ratelimit import Decision
     from ratelimit.rules import parse_limits
 
     parsed = parse_limits(rates)
     rule = Rule.of("p", rates)
-    decision = Decision(allowed, parsed[0].limit, remaining, reset, 0.0 if allowed else retry)
+    # odd_retry: an allowed decision that still carries a retry time (never made by the
+    # engine today) must render as the general function would, not as the fast path.
+    decision = Decision(
+        allowed, parsed[0].limit, remaining, reset, retry if odd_retry or not allowed else 0.0, (), fallback
+    )
     if len(parsed) > 1:
         return  # several limits render through rate_limit_headers itself
     renderer = HeaderRenderer(rule.policy_names, rule.rates, legacy)
     expected = rate_limit_headers(decision, rule.policy_names, rule.rates, legacy=legacy)
     assert renderer.render(decision) == expected
+    assert renderer.render_raw(decision) == encode_fields(expected)
 
 
 def test_compiled_and_general_share_redis_counters(redis_url: str) -> None:
