@@ -308,3 +308,35 @@ def test_tls_and_acl_threads(redis_tls: Any, redis_acl: Any) -> None:
             answers = _threads(6, lambda i, limiter=limiter: _timed(limiter, "hot", "10/day", 4))  # type: ignore[misc]
         assert sum(d.allowed for d, _ in answers) == 10
         assert not any(d.fallback for d, _ in answers)
+
+
+class _StallAfterWrite:
+    """A socket whose writer is descheduled for ``stall`` seconds right after writing."""
+
+    def __init__(self, sock: Any, stall: float) -> None:
+        self._sock = sock
+        self._stall = stall
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+        time.sleep(self._stall)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_reply_that_arrived_in_time_is_read_after_a_stall(redis_server: Any) -> None:
+    """A thread stalled past the deadline after writing (GIL, loaded machine) still reads the
+    reply that arrived in time; a server that really did not answer still times out."""
+    from ratelimit.backends.redis._syncwire import connect
+    from ratelimit.backends.redis._wire import BackendTimeout, Endpoint
+
+    conn = connect(Endpoint("127.0.0.1", redis_server.port), BUDGET)
+    conn._sock = _StallAfterWrite(conn._sock, 0.3)  # type: ignore[assignment]
+    assert conn.call(b"*1\r\n$4\r\nPING\r\n", 1) == [b"PONG"]
+    # BLPOP on an empty list: Redis holds the reply for 1 s, so the budget is spent for real.
+    start = time.perf_counter()
+    with pytest.raises(BackendTimeout):
+        conn.call(b"*3\r\n$5\r\nBLPOP\r\n$12\r\nsc-never-set\r\n$1\r\n1\r\n", 1)
+    assert time.perf_counter() - start < 0.3 + 0.1
+    conn.close()
