@@ -459,13 +459,20 @@ class Enforcer:
         plan = snap.compiled.plan_for(matched) if self._compiled else None
         if plan is not None:
             try:
-                identity = await resolve_async(plan.key, request)
+                if plan.direct:
+                    identity = resolve(plan.key, request)
+                else:
+                    identity = await resolve_async(plan.key, request)
             except Exception:
                 log.exception("key function of rule %r failed; treating the identity as missing", plan.name)
                 identity = None
                 request.memo[id(plan.key)] = (plan.key, None)  # the general path below reads this
             if identity is not None:
-                decided = await self.limiter.ahit(plan.prefix + identity, plan.rates, plan.cost)
+                limiter = self.limiter
+                if limiter._inline:  # a backend without I/O: no coroutine to await
+                    decided = limiter.hit(plan.prefix + identity, plan.rates, plan.cost)
+                else:
+                    decided = await limiter.ahit(plan.prefix + identity, plan.rates, plan.cost)
                 return self._planned(snap, plan, decided)
         # A loop, not a nested comprehension: `await` inside one is a SyntaxError on 3.10.
         resolved: list[list[str | None]] = []

@@ -80,6 +80,12 @@ async def resolve_async(key: KeyFunc, request: RequestInfo) -> str | None:
     return result
 
 
+def answers_directly(key: KeyFunc) -> bool:
+    """Whether ``key`` is one of this module's key functions that never await (header,
+    client_ip, api_key, constant): the asyncio path may call it without a coroutine."""
+    return type(key) in _DIRECT
+
+
 def _clean(value: object) -> str | None:
     if value.__class__ is str:
         return value or None
@@ -110,10 +116,11 @@ class header(_Named):
 
     def __init__(self, name: str) -> None:
         self.name = name.lower()
+        self._bname = self.name.encode("latin-1", "replace")
         self._repr = f"header({name!r})"
 
     def __call__(self, request: RequestInfo) -> str | None:
-        value = request.headers.get(self.name)
+        value = request.headers.first(self.name, self._bname)
         return value.strip() if value else None
 
 
@@ -303,6 +310,9 @@ class jwt_claim(_Named):
             return self._claim(memo[1])
         token = self._token(request)
         return self._keep(request, await self.verifier.averify(token) if token else None)
+
+
+_DIRECT = frozenset((header, client_ip, api_key, constant))
 
 
 def jwt_subject(**options: Any) -> jwt_claim:

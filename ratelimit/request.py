@@ -53,18 +53,27 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name``, or ``default``."""
+        lname = name.lower()
+        found = self.first(lname, lname.encode("latin-1", "replace"))
+        return default if found is None else found
+
+    def first(self, lname: str, bname: bytes) -> str | None:
+        """:meth:`get` for a name given lower-cased, as text and as latin-1 bytes.
+
+        For key functions that ask for the same header on every request.
+        """
         if self._environ is None:
             # ASGI pairs (bytes, as servers hand them over): stop at the first match.
-            bname = name.lower().encode("latin-1", "replace")
             for k, v in self._pairs:
-                if k.__class__ is bytes and k.lower() == bname:
-                    return v.decode("latin-1") if isinstance(v, bytes) else v
-                if k.__class__ is not bytes:
+                if k.__class__ is bytes:
+                    if k.lower() == bname:
+                        return v.decode("latin-1") if isinstance(v, bytes) else v
+                else:
                     break  # str pairs (gRPC metadata): the general path
             else:
-                return default
-        found = self.get_all(name)
-        return found[0] if found else default
+                return None
+        found = self.get_all(lname)
+        return found[0] if found else None
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and bool(self.get_all(name))

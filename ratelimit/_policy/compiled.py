@@ -21,6 +21,7 @@ from typing import Any
 from .._core.decision import Decision
 from .._core.rate import Rate
 from ..headers import encode_fields, policy_field, rate_limit_headers, retry_after_header, sf_string
+from ..keys import answers_directly
 from ..request import KeyFunc, RequestInfo
 from ..rules import Rule
 
@@ -99,11 +100,12 @@ def _seconds(value: float) -> int:
 class RulePlan:
     """One rule whose charge is known before the request: only the identity varies."""
 
-    __slots__ = ("cost", "key", "name", "names", "prefix", "rates", "render", "render_raw", "rule")
+    __slots__ = ("cost", "direct", "key", "name", "names", "prefix", "rates", "render", "render_raw", "rule")
 
     def __init__(self, rule: Rule, legacy: bool) -> None:
         self.rule = rule
         self.key: KeyFunc = rule.key
+        self.direct = answers_directly(rule.key)  # no coroutine needed to read the identity
         self.name = rule.name
         # Rule names cannot contain "/", so the first "/" separates them unambiguously.
         self.prefix = rule.name + "/"
