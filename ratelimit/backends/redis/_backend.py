@@ -26,7 +26,7 @@ from ._redis_urls import (
 )
 from ._slots import merge_slots, refund_calls, slot_groups, slot_of, subplan
 from ._syncserver import SyncServer, lean_target
-from ._wire import BackendTimeout, Endpoint
+from ._wire import BackendTimeout, Endpoint, WireError
 
 try:
     from redis.exceptions import NoScriptError
@@ -161,6 +161,7 @@ class RedisBackend:
                 _WINDOW,
                 self._max_batch if self._coalesce else 1,
                 _plan_slot if self.cluster else None,
+                hold=self._coalesce,
             )
         return self._batcher
 
@@ -369,7 +370,9 @@ class RedisBackend:
     async def aclose(self) -> None:
         """Close the connections this backend made (clients passed in stay open)."""
         router, self._router = self._router, None
-        self._batcher = None
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close(WireError("rate limiter closed"))
         if router is not None and self._loop is asyncio.get_running_loop():
             await router.aclose()
         for obj in self._aclosers:
