@@ -229,6 +229,8 @@ class _Base:
         )
         self._by_method: dict[str, tuple[Rule, ...]] = {}
         self._cached_for: tuple[Any, ...] = ()
+        # method -> (the server's handler, the rules it was wrapped for, the wrapped handler)
+        self._wrapped: dict[str, tuple[Any, tuple[Rule, ...], Any]] = {}
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -319,31 +321,53 @@ class AsyncRateLimitInterceptor(_Base, grpc.aio.ServerInterceptor):  # type: ign
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        rules = self._rules_for(handler_call_details.method)
+        method = handler_call_details.method
+        rules = self._rules_for(method)
         if not rules:
             return handler
+        # A server hands out the same handler object per method: wrap it once (per rule
+        # set), not per call. Async behaviours read the call's metadata from the context.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler and cached[1] is rules:
+            return cached[2]
+        wrapped = self._wrap(handler, method, rules, handler_call_details)
+        if wrapped[1] and len(self._wrapped) < _MAX_CACHED_METHODS:
+            self._wrapped[method] = (handler, rules, wrapped[0])
+        return wrapped[0]
+
+    def _wrap(self, handler: Any, method: str, rules: tuple[Rule, ...], details: Any) -> tuple[Any, bool]:
+        """The handler wrapped, and whether the wrapper serves every call of ``method``."""
+        enforcer = self.enforcer
+        conditional = any(r.conditional for r in rules)
 
         async def decide(context: Any) -> Any:
-            request = self._request(handler_call_details, context)
-            return _verdict(await self.enforcer.acheck(request, matched=_conditions(rules, request)))
-
-        async def agate(context: Any) -> None:
-            status = await decide(context)
-            if status is not None:
-                await _aabort(context, status)
+            request = RequestInfo(
+                "grpc",
+                "POST",
+                method,
+                Headers(context.invocation_metadata() or ()),
+                peer_ip(context.peer()),
+                native=context,
+            )
+            matched = _conditions(rules, request) if conditional else rules
+            return _verdict(await enforcer.acheck(request, matched=matched))
 
         behaviour = _behaviour(handler)
         if inspect.iscoroutinefunction(behaviour):  # a unary response, or a stream sent with context.write
 
             async def coroutine(request: Any, context: Any) -> Any:
-                await agate(context)
+                status = await decide(context)
+                if status is not None:
+                    await _aabort(context, status)
                 return await behaviour(request, context)
 
-            return _rewrap(handler, coroutine)
+            return _rewrap(handler, coroutine), True
         if inspect.isasyncgenfunction(behaviour):
 
             async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-                await agate(context)
+                status = await decide(context)
+                if status is not None:
+                    await _aabort(context, status)
                 responses = behaviour(request, context)
                 try:
                     async for response in responses:
@@ -351,14 +375,19 @@ class AsyncRateLimitInterceptor(_Base, grpc.aio.ServerInterceptor):  # type: ign
                 finally:
                     await responses.aclose()
 
-            return _rewrap(handler, streaming)
+            return _rewrap(handler, streaming), True
 
-        # A sync behaviour: grpc.aio runs it in its thread pool; decide there on the loop's limiter.
+        # A sync behaviour: grpc.aio runs it in its thread pool; decide there on the loop's
+        # limiter. This wrapper reads this call's details: it serves this call only.
         loop = asyncio.get_running_loop()
 
+        async def decide_sync(context: Any) -> Any:
+            request = self._request(details, context)
+            return _verdict(await enforcer.acheck(request, matched=_conditions(rules, request)))
+
         def gate(context: Any) -> None:
-            status = asyncio.run_coroutine_threadsafe(decide(context), loop).result()
+            status = asyncio.run_coroutine_threadsafe(decide_sync(context), loop).result()
             if status is not None:
                 _abort(context, status)
 
-        return _wrap_sync(handler, gate)
+        return _wrap_sync(handler, gate), False
