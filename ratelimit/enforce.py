@@ -398,7 +398,7 @@ class Enforcer:
             if snap.headers:
                 out._raw = plan  # rendered when an adapter reads them, as text or bytes
             return out
-        body = problem_body(decision, plan.names)
+        body = plan.body(decision)
         out = Outcome("deny", 429, None, body, "application/problem+json", decision, None, plan.names)
         out._raw = plan
         return out

@@ -33,6 +33,7 @@ __all__ = [
     "merge_fields",
     "policy_name",
     "problem_body",
+    "problem_document",
     "rate_limit_headers",
     "retry_after_header",
     "sf_string",
@@ -139,11 +140,18 @@ def problem_body(decision: Decision, names: Sequence[str]) -> bytes:
     """The ``application/problem+json`` body of a 429 (the draft's quota-exceeded type)."""
     violated = [n for n, s in zip(names, decision.limits, strict=True) if not s.allowed] or list(names)
     retry = max(1, _seconds(decision.retry_after))
+    return problem_document(
+        f"Rate limit exceeded; retry after {retry} second{'s' if retry != 1 else ''}.", violated
+    )
+
+
+def problem_document(detail: str, violated: list[str]) -> bytes:
+    """The 429 problem+json document with ``detail`` and ``violated-policies`` filled in."""
     doc = {
         "type": PROBLEM_TYPE,
         "title": PROBLEM_TITLE,
         "status": 429,
-        "detail": f"Rate limit exceeded; retry after {retry} second{'s' if retry != 1 else ''}.",
+        "detail": detail,
         "violated-policies": violated,
     }
     return json.dumps(doc, separators=(",", ":")).encode()

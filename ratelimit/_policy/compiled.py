@@ -14,13 +14,22 @@ finds no identity, takes the general path; both give the same decisions and head
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from .._core.decision import Decision
 from .._core.rate import Rate
-from ..headers import encode_fields, policy_field, rate_limit_headers, retry_after_header, sf_string
+from ..headers import (
+    encode_fields,
+    policy_field,
+    problem_body,
+    problem_document,
+    rate_limit_headers,
+    retry_after_header,
+    sf_string,
+)
 from ..keys import answers_directly
 from ..request import KeyFunc, RequestInfo
 from ..rules import Rule
@@ -39,7 +48,7 @@ class HeaderRenderer:
     instead of encoding text.
     """
 
-    __slots__ = ("_current", "_current_raw", "_legacy", "_names", "_policy", "_policy_raw", "_rates")
+    __slots__ = ("_body", "_current", "_current_raw", "_legacy", "_names", "_policy", "_policy_raw", "_rates")
 
     def __init__(self, names: tuple[str, ...], rates: tuple[Rate, ...], legacy: bool) -> None:
         self._names, self._rates, self._legacy = names, rates, legacy
@@ -48,6 +57,12 @@ class HeaderRenderer:
         # One limit: the RateLimit field is this prefix and two numbers.
         self._current = sf_string(names[0]) + ";r=" if len(names) == 1 else None
         self._current_raw = self._current.encode("latin-1") if self._current is not None else None
+        # One limit: a denial's problem+json body is this document around its detail text.
+        self._body: tuple[bytes, bytes] | None = None
+        if len(names) == 1:
+            marker = "\x00"  # JSON writes it as \u0000; the detail is the first string that could be it
+            pre, post = problem_document(marker, [names[0]]).split(json.dumps(marker).encode(), 1)
+            self._body = (pre, post)
 
     def render(self, decision: Decision) -> list[tuple[str, str]]:
         """The fields of ``decision``; equal to ``rate_limit_headers(decision, names, rates, ...)``."""
@@ -75,13 +90,19 @@ class HeaderRenderer:
     def render_raw(self, decision: Decision) -> list[tuple[bytes, bytes]]:
         """:meth:`render` as ASGI header bytes (``encode_fields(render(decision))``)."""
         current = self._current_raw
-        if current is None or decision.fallback or not decision.allowed or decision.retry_after > 0:
+        if current is None or decision.fallback:
             return encode_fields(self.render(decision))  # the rarer cases: one code path
+        allowed = decision.allowed
+        retry = decision.retry_after
+        if allowed and retry > 0:
+            return encode_fields(self.render(decision))  # never made by the engine
         remaining = b"%d" % decision.remaining
-        reset = _seconds(decision.reset_after)  # allowed: retry_after is 0
+        # Allowed: retry_after is 0, so both times are the reset; denied: both are the retry.
+        t = _seconds(decision.reset_after if allowed or retry <= 0 else retry)
+        reset = _seconds(decision.reset_after if allowed else retry)
         out = [
             self._policy_raw,
-            (b"ratelimit", b"%s%s;t=%d" % (current, remaining, reset)),
+            (b"ratelimit", b"%s%s;t=%d" % (current, remaining, t)),
         ]
         if self._legacy:
             out += [
@@ -89,7 +110,19 @@ class HeaderRenderer:
                 (b"x-ratelimit-remaining", remaining),
                 (b"x-ratelimit-reset", b"%d" % reset),
             ]
+        if not allowed:
+            out.append((b"retry-after", b"%d" % max(1, _seconds(retry))))
         return out
+
+    def body(self, decision: Decision) -> bytes:
+        """The 429 body of denied ``decision``; equal to ``problem_body(decision, names)``."""
+        parts = self._body
+        if parts is None:
+            return problem_body(decision, self._names)
+        retry = max(1, _seconds(decision.retry_after))
+        # The detail text needs no JSON escaping: ASCII letters, digits and punctuation.
+        detail = b'"Rate limit exceeded; retry after %d second%s."' % (retry, b"s" if retry != 1 else b"")
+        return parts[0] + detail + parts[1]
 
 
 def _seconds(value: float) -> int:
@@ -100,7 +133,19 @@ def _seconds(value: float) -> int:
 class RulePlan:
     """One rule whose charge is known before the request: only the identity varies."""
 
-    __slots__ = ("cost", "direct", "key", "name", "names", "prefix", "rates", "render", "render_raw", "rule")
+    __slots__ = (
+        "body",
+        "cost",
+        "direct",
+        "key",
+        "name",
+        "names",
+        "prefix",
+        "rates",
+        "render",
+        "render_raw",
+        "rule",
+    )
 
     def __init__(self, rule: Rule, legacy: bool) -> None:
         self.rule = rule
@@ -116,6 +161,7 @@ class RulePlan:
         renderer = HeaderRenderer(rule.policy_names, rule.rates, legacy)
         self.render = renderer.render
         self.render_raw = renderer.render_raw
+        self.body = renderer.body
 
     @staticmethod
     def compiles(rule: Any) -> bool:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ratelimit import Enforcer, Limiter, RequestInfo, Rule
 from ratelimit._policy.compiled import CompiledRules, HeaderRenderer, RulePlan
 from ratelimit.enforce import Outcome
-from ratelimit.headers import encode_fields, rate_limit_headers
+from ratelimit.headers import encode_fields, problem_body, rate_limit_headers
 from ratelimit.keys import header
 from ratelimit.matchers import HeaderMatch
 from ratelimit.request import Headers
@@ -169,22 +169,24 @@ def test_renderer_equals_rate_limit_headers(
     odd_retry: bool,
 ) -> None:
     """The precomputed renderer writes what ``rate_limit_headers`` writes, as text and as bytes."""
-    from ratelimit import Decision
+    from ratelimit import Decision, LimitStatus
     from ratelimit.rules import parse_limits
 
     parsed = parse_limits(rates)
     rule = Rule.of("p", rates)
     # odd_retry: an allowed decision that still carries a retry time (never made by the
     # engine today) must render as the general function would, not as the fast path.
-    decision = Decision(
-        allowed, parsed[0].limit, remaining, reset, retry if odd_retry or not allowed else 0.0, (), fallback
-    )
+    retry_after = retry if odd_retry or not allowed else 0.0
+    status = LimitStatus("u", parsed[0], 1, allowed, remaining, reset, retry_after)
+    decision = Decision(allowed, parsed[0].limit, remaining, reset, retry_after, (status,), fallback)
     if len(parsed) > 1:
         return  # several limits render through rate_limit_headers itself
     renderer = HeaderRenderer(rule.policy_names, rule.rates, legacy)
     expected = rate_limit_headers(decision, rule.policy_names, rule.rates, legacy=legacy)
     assert renderer.render(decision) == expected
     assert renderer.render_raw(decision) == encode_fields(expected)
+    if not allowed:
+        assert renderer.body(decision) == problem_body(decision, rule.policy_names)
 
 
 def test_compiled_and_general_share_redis_counters(redis_url: str) -> None:
