@@ -130,7 +130,7 @@ def _refuse_budget_options(options: dict[str, str], url: str) -> None:
         )
 
 
-_SSL_OPTIONS = (
+SSL_OPTIONS = (
     "ssl_ca_certs",
     "ssl_certfile",
     "ssl_keyfile",
@@ -144,7 +144,7 @@ def _tls_kwargs(target: RedisTarget) -> dict[str, Any]:
     if not target.tls:
         return {}
     out: dict[str, Any] = {"ssl": True}
-    for name in _SSL_OPTIONS:
+    for name in SSL_OPTIONS:
         if name in target.options:
             value: Any = target.options[name]
             if name == "ssl_check_hostname":

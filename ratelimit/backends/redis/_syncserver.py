@@ -19,25 +19,14 @@ from ..._core.scripts import LuaScript
 from ..base import BackendError, RawResult
 from ._codec import decode, encode
 from ._combiner import Combiner
-from ._redis_urls import RedisTarget, make_sentinel, target_endpoints
+from ._redis_urls import SSL_OPTIONS, RedisTarget, make_sentinel, target_endpoints
 from ._syncwire import SyncPool
 from ._wire import Endpoint
 
 __all__ = ["SyncServer", "lean_target"]
 
 # Options the lean path honours; a URL with any other option keeps redis-py's client.
-_LEAN_OPTIONS = frozenset(
-    {
-        "ssl_ca_certs",
-        "ssl_certfile",
-        "ssl_keyfile",
-        "ssl_cert_reqs",
-        "ssl_check_hostname",
-        "ssl_ca_path",
-        "sentinel_password",
-        "sentinel_username",
-    }
-)
+_LEAN_OPTIONS = frozenset((*SSL_OPTIONS, "sentinel_password", "sentinel_username"))
 _UNIX_OPTIONS = frozenset({"db", "password", "username"})
 
 
