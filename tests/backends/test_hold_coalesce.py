@@ -23,7 +23,7 @@ from support.fault_proxy import FaultProxy
 from support.redis_servers import RedisCluster, RedisServer
 
 from ratelimit import Decision, Limiter
-from ratelimit.backends.redis import _batcher
+from ratelimit.backends.redis import RedisBackend, _batcher
 
 BUDGET = 0.05  # the Limiter's default timeout
 SLACK = 0.25  # what a shared, noisy 2-core machine may add to a bounded answer
@@ -74,9 +74,9 @@ async def test_one_request_per_iteration_shares_script_calls(fresh_redis: RedisS
 async def test_an_unanswered_call_holds_new_plans_without_the_clock(fresh_redis: RedisServer) -> None:
     """With no pace, a 10 ms round trip alone makes the plans of later iterations wait and share a call."""
     with FaultProxy(("127.0.0.1", fresh_redis.port)) as proxy:
-        async with Limiter(proxy.url, prefix=_prefix()) as limiter:
+        async with Limiter(RedisBackend(proxy.url, pace=0), prefix=_prefix()) as limiter:
             await limiter.ahit("warm", "10/hour")
-            _batcher_of(limiter)._pace = 0.0
+            assert _batcher_of(limiter)._pace == 0.0
             proxy.delay(0.005)
             before = _script_calls(fresh_redis)
 
@@ -89,6 +89,21 @@ async def test_an_unanswered_call_holds_new_plans_without_the_clock(fresh_redis:
     assert sum(d.allowed for d in answers) == 150
     assert not any(d.fallback for d in answers)
     assert calls <= 40, calls  # about one call per 10 ms round trip, not one per hit
+
+
+@pytest.mark.parametrize("pace", [-0.001, 1.5, True, "2ms", float("nan")])
+def test_a_bad_pace_is_refused(pace: Any) -> None:
+    with pytest.raises(ValueError, match="pace must be a number of seconds"):
+        RedisBackend("redis://127.0.0.1:1", pace=pace)
+
+
+async def test_pace_reaches_the_batcher(redis_url: str) -> None:
+    async with Limiter(RedisBackend(redis_url, pace=0.01), prefix=_prefix()) as limiter:
+        assert (await limiter.ahit("p", "10/hour")).allowed
+        assert _batcher_of(limiter)._pace == 0.01
+    async with Limiter(RedisBackend(redis_url, pace=0.01, coalesce=False), prefix=_prefix()) as limiter:
+        await limiter.ahit("p", "10/hour")
+        assert _batcher_of(limiter)._pace == 0.0  # coalesce=False: nothing is held
 
 
 async def test_a_lone_request_is_not_held(redis_url: str) -> None:

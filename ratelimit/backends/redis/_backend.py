@@ -13,7 +13,7 @@ from ..._core.plan import Plan
 from ..._core.scripts import LuaScript, lua_script
 from ..._core.sinks import MetricsSink
 from ..base import BackendError, RawResult
-from ._batcher import Batcher
+from ._batcher import PACE, Batcher
 from ._codec import decode, encode
 from ._nodes import Cluster, Node, ScriptCall
 from ._redis_urls import (
@@ -71,6 +71,10 @@ class RedisBackend:
         max_batch: plans per script call.
         max_inflight: unanswered script calls per server connection (pipelined); more
             wait in this process until replies come back.
+        pace: seconds a busy connection waits after a call before sending the next
+            partial batch (asyncio path; default 0.002). Requests arriving meanwhile go
+            out together; 0 holds them only while a call is unanswered. A larger value
+            means fewer, fuller calls and more latency (docs/performance.md).
 
     Clients made from a URL are created lazily (the asyncio connections per event loop)
     and closed by :meth:`close`/:meth:`aclose`; clients passed in are left to their owner.
@@ -88,6 +92,7 @@ class RedisBackend:
         coalesce: bool = True,
         max_batch: int = 128,
         max_inflight: int = 32,
+        pace: float = PACE,
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ValueError("RedisBackend needs a URL or a client")
@@ -96,6 +101,8 @@ class RedisBackend:
         for name, value in (("max_batch", max_batch), ("max_inflight", max_inflight)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(pace, bool) or not isinstance(pace, (int, float)) or not 0 <= pace <= 1:
+            raise ValueError(f"pace must be a number of seconds in [0, 1], got {pace!r}")
         self.target: RedisTarget | None = parse_redis_url(url) if url is not None else None
         self.timeout = float(timeout)
         self._client = client
@@ -106,6 +113,7 @@ class RedisBackend:
         self._coalesce = coalesce
         self._max_batch = max_batch
         self._max_inflight = max_inflight
+        self._pace = float(pace)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._router: Node | Cluster | None = None
         self._batcher: Batcher | None = None
@@ -162,6 +170,7 @@ class RedisBackend:
                 self._max_batch if self._coalesce else 1,
                 _plan_slot if self.cluster else None,
                 hold=self._coalesce,
+                pace=self._pace,
             )
         return self._batcher
 
