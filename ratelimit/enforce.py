@@ -53,7 +53,7 @@ class Outcome:
 
     __slots__ = (
         "_headers",
-        "_raw",
+        "_plan",
         "action",
         "body",
         "content_type",
@@ -77,32 +77,48 @@ class Outcome:
         self.action = action
         self.status = status
         self._headers = [] if headers is None else headers
-        self._raw: RulePlan | None = None  # set: the fields are rendered from decision on demand
+        self._plan: RulePlan | None = None  # set: the fields are rendered from decision on demand
         self.body = body
         self.content_type = content_type
         self.decision = decision
         self.shadow = shadow
         self.names = names
 
+    @classmethod
+    def _rendered(
+        cls,
+        action: Literal["allow", "deny"],
+        status: int,
+        body: bytes,
+        decision: Decision,
+        plan: RulePlan,
+        fields: bool,
+    ) -> Outcome:
+        """A compiled rule's outcome: its fields (if ``fields``) rendered from ``decision`` on demand."""
+        out = cls(action, status, None, body, "application/problem+json", decision, None, plan.names)
+        if fields:
+            out._plan = plan
+        return out
+
     @property
     def headers(self) -> list[tuple[str, str]]:
         """The header fields to add to the response, as text."""
-        plan = self._raw
+        plan = self._plan
         if plan is not None:
-            self._raw = None
+            self._plan = None
             assert self.decision is not None
             self._headers = plan.render(self.decision)
         return self._headers
 
     @headers.setter
     def headers(self, value: list[tuple[str, str]]) -> None:
-        self._raw = None
+        self._plan = None
         self._headers = value
 
     @property
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         """:attr:`headers` as ASGI's ``(bytes, bytes)`` pairs, lower-case names."""
-        plan = self._raw
+        plan = self._plan
         if plan is not None:
             assert self.decision is not None
             return plan.render_raw(self.decision)
@@ -394,14 +410,8 @@ class Enforcer:
             if decision.from_cache:
                 self.metrics.deny_cache_hit(plan.name)
         if decision.allowed:
-            out = Outcome("allow", 200, None, b"", "application/problem+json", decision, None, plan.names)
-            if snap.headers:
-                out._raw = plan  # rendered when an adapter reads them, as text or bytes
-            return out
-        body = plan.body(decision)
-        out = Outcome("deny", 429, None, body, "application/problem+json", decision, None, plan.names)
-        out._raw = plan
-        return out
+            return Outcome._rendered("allow", 200, b"", decision, plan, snap.headers)
+        return Outcome._rendered("deny", 429, plan.body(decision), decision, plan, True)
 
     def _matched(self, snap: Snapshot, request: RequestInfo, rules: Sequence[Any] | None) -> Sequence[Any]:
         if rules is None:

@@ -33,6 +33,7 @@ __all__ = [
     "merge_fields",
     "policy_name",
     "problem_body",
+    "problem_detail",
     "problem_document",
     "rate_limit_headers",
     "retry_after_header",
@@ -140,9 +141,12 @@ def problem_body(decision: Decision, names: Sequence[str]) -> bytes:
     """The ``application/problem+json`` body of a 429 (the draft's quota-exceeded type)."""
     violated = [n for n, s in zip(names, decision.limits, strict=True) if not s.allowed] or list(names)
     retry = max(1, _seconds(decision.retry_after))
-    return problem_document(
-        f"Rate limit exceeded; retry after {retry} second{'s' if retry != 1 else ''}.", violated
-    )
+    return problem_document(problem_detail(retry), violated)
+
+
+def problem_detail(retry: int) -> str:
+    """The 429 body's ``detail`` for a retry after ``retry`` whole seconds (plain ASCII)."""
+    return f"Rate limit exceeded; retry after {retry} second{'s' if retry != 1 else ''}."
 
 
 def problem_document(detail: str, violated: list[str]) -> bytes:

@@ -25,6 +25,7 @@ from ..headers import (
     encode_fields,
     policy_field,
     problem_body,
+    problem_detail,
     problem_document,
     rate_limit_headers,
     retry_after_header,
@@ -90,15 +91,13 @@ class HeaderRenderer:
     def render_raw(self, decision: Decision) -> list[tuple[bytes, bytes]]:
         """:meth:`render` as ASGI header bytes (``encode_fields(render(decision))``)."""
         current = self._current_raw
-        if current is None or decision.fallback:
-            return encode_fields(self.render(decision))  # the rarer cases: one code path
-        allowed = decision.allowed
-        retry = decision.retry_after
-        if allowed and retry > 0:
-            return encode_fields(self.render(decision))  # never made by the engine
+        allowed, retry = decision.allowed, decision.retry_after
+        if current is None or decision.fallback or (allowed and retry > 0):
+            # Several limits, a failure-policy answer, or an allowed decision with a
+            # retry time (never made by the engine): the text's one code path.
+            return encode_fields(self.render(decision))
         remaining = b"%d" % decision.remaining
-        # Allowed: retry_after is 0, so both times are the reset; denied: both are the retry.
-        t = _seconds(decision.reset_after if allowed or retry <= 0 else retry)
+        t = _seconds(retry if retry > 0 else decision.reset_after)
         reset = _seconds(decision.reset_after if allowed else retry)
         out = [
             self._policy_raw,
@@ -119,10 +118,9 @@ class HeaderRenderer:
         parts = self._body
         if parts is None:
             return problem_body(decision, self._names)
-        retry = max(1, _seconds(decision.retry_after))
-        # The detail text needs no JSON escaping: ASCII letters, digits and punctuation.
-        detail = b'"Rate limit exceeded; retry after %d second%s."' % (retry, b"s" if retry != 1 else b"")
-        return parts[0] + detail + parts[1]
+        # The detail is plain ASCII without quotes or backslashes: no JSON escaping needed.
+        detail = problem_detail(max(1, _seconds(decision.retry_after))).encode()
+        return b'%s"%s"%s' % (parts[0], detail, parts[1])
 
 
 def _seconds(value: float) -> int:
