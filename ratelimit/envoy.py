@@ -27,6 +27,7 @@ from .ruleset import Charge
 
 __all__ = [
     "DESCRIPTOR_KEYS",
+    "DescriptorLimit",
     "LIMIT_KEYS",
     "UNITS",
     "DescriptorRule",
@@ -59,12 +60,33 @@ LIMIT_KEYS = ("requests_per_unit", "unit", "unit_multiplier", "unlimited", "name
 
 
 @dataclass(frozen=True)
-class _Limit:
-    rates: tuple[Rate, ...]  # empty: unlimited
+class DescriptorLimit:
+    """A descriptor's ``rate_limit``, as read (what ``ratelimit serve`` reports back).
+
+    Attributes:
+        rates: the limit as counted; empty when ``unlimited``.
+        policy: its name in RateLimit headers (its ``name``, else the descriptor path).
+        label: its ``name``, if it has one (what ``replaces`` refers to).
+        replaces: names of limits this one removes from the request.
+        shadow: counted and reported, never denying.
+        unit: ``rate_limit.unit`` in lower case (None when unlimited).
+        requests_per_unit: ``rate_limit.requests_per_unit`` (None when unlimited).
+        unit_multiplier: ``rate_limit.unit_multiplier`` (1 when absent).
+    """
+
+    rates: tuple[Rate, ...]
     policy: str
     label: str | None
     replaces: frozenset[str]
     shadow: bool
+    unit: str | None = None
+    requests_per_unit: int | None = None
+    unit_multiplier: int = 1
+
+    @property
+    def unlimited(self) -> bool:
+        """``unlimited: true``: matched, never counted."""
+        return not self.rates
 
 
 @dataclass
@@ -87,7 +109,7 @@ class _Level:
 class _Node:
     key: str
     value: str | None
-    limit: _Limit | None
+    limit: DescriptorLimit | None
     children: _Level
 
 
@@ -99,7 +121,7 @@ class DescriptorTree:
         self.root = root
         self.key_paths = paths  # every key path ending in a limit (generic_key keeps its value)
 
-    def lookup(self, entries: list[tuple[str, str]]) -> _Limit | None:
+    def lookup(self, entries: list[tuple[str, str]]) -> DescriptorLimit | None:
         """The limit for a request descriptor, with the service's precedence."""
         level = self.root
         last = len(entries) - 1
@@ -165,7 +187,7 @@ def _read_level(f: Field, where: str, path: tuple[Any, ...], paths: list[Any]) -
     return level if ok else None
 
 
-def _read_limit(f: Field, label: str, shadow: bool) -> _Limit | None:
+def _read_limit(f: Field, label: str, shadow: bool) -> DescriptorLimit | None:
     keys = f.mapping(LIMIT_KEYS)
     if keys is None:
         return None
@@ -178,7 +200,7 @@ def _read_limit(f: Field, label: str, shadow: bool) -> _Limit | None:
     unlimited = keys["unlimited"].boolean() if "unlimited" in keys else False
     policy = name or label
     if unlimited:
-        return _Limit((), policy, name, frozenset(replaces), shadow)
+        return DescriptorLimit((), policy, name, frozenset(replaces), shadow)
     if "requests_per_unit" not in keys or "unit" not in keys:
         f.report.add(f.pos, f.path, "needs requests_per_unit and unit (or unlimited: true)")
         return None
@@ -195,7 +217,7 @@ def _read_limit(f: Field, label: str, shadow: bool) -> _Limit | None:
     except ValueError as exc:
         f.fail("a limit this library can count", str(exc))
         return None
-    return _Limit((rate,), policy, name, frozenset(replaces), shadow)
+    return DescriptorLimit((rate,), policy, name, frozenset(replaces), shadow, unit.lower(), count, multiplier)
 
 
 def _convention(key: str, value: str | None) -> Action:
