@@ -1,4 +1,4 @@
-"""The ``ratelimit`` command line: demo, check, migrate and inspect."""
+"""The ``ratelimit`` command line: demo, check, migrate, inspect and serve."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ _EPILOG = """examples:
   ratelimit check -e REDIS_URL=redis://r:6379/0 limits.yaml   ... filling ${REDIS_URL}
   ratelimit migrate envoyfilter.yaml ratelimit-configmap.yaml -o limits.yaml
   ratelimit inspect limits.yaml alice              alice's current usage, per rule
+  ratelimit serve limits.yaml                      an envoyproxy/ratelimit drop-in on ports 8081/8080
 
 docs: docs/index.md (configuration: docs/configuration.md)"""
 
@@ -75,6 +76,29 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--storage", metavar="URL", help="Redis URL to read instead of the config's backend")
     inspect.add_argument("--rule", metavar="NAME", help="only this rule")
     inspect.add_argument("--tier", metavar="VALUE", help="the identity's tier, for rules with tiers")
+    serve = commands.add_parser(
+        "serve",
+        help="run an envoyproxy/ratelimit compatible gRPC service on this package's engine",
+        description="Answer Envoy's RateLimitService/ShouldRateLimit from CONFIG's envoy domains (a config"
+        " file, an envoyproxy/ratelimit service config, or a directory of them), on the counters an app"
+        " using the same file shares. Ports and Redis come from the flags or upstream's environment"
+        " variables (GRPC_PORT, HTTP_PORT, REDIS_URL, ...; see docs/serve.md). Runs until SIGTERM or SIGINT.",
+    )
+    serve.add_argument(
+        "config",
+        nargs="?",
+        metavar="CONFIG",
+        help="config file or directory (default: $RUNTIME_ROOT/$RUNTIME_SUBDIRECTORY/$RUNTIME_APPDIRECTORY)",
+    )
+    serve.add_argument("--grpc-port", type=int, metavar="N", help="gRPC port (default $GRPC_PORT or 8081)")
+    serve.add_argument("--http-port", type=int, metavar="N", help="HTTP port (default $HTTP_PORT, $PORT or 8080)")
+    serve.add_argument("--workers", type=int, metavar="N", help="processes sharing the ports (default 1)")
+    serve.add_argument(
+        "--grace", type=float, metavar="SECONDS", help="on SIGTERM, wait this long for calls in flight (default 15)"
+    )
+    serve.add_argument(
+        "--reload", type=float, metavar="SECONDS", help="check the config for changes this often (default 2)"
+    )
     return parser
 
 
@@ -95,6 +119,8 @@ def _run(args: argparse.Namespace) -> int:
                 return 2
             os.environ[name] = value
         return run_check(args.files)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "inspect":
         from .config import run_inspect
 
@@ -105,6 +131,30 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ratelimit migrate: error: {exc}", file=sys.stderr)
         return 1
     return cli(args.files, args.output)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from ..serve import ServeSettings, SettingsError, run
+    except ImportError as exc:
+        print(
+            f"ratelimit serve: error: {exc}; install it with: pip install 'ambient-ratelimit[serve]'",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        settings = ServeSettings.from_env(
+            args.config,
+            grpc_port=args.grpc_port,
+            http_port=args.http_port,
+            workers=args.workers,
+            grace=args.grace,
+            reload=args.reload,
+        )
+    except SettingsError as exc:
+        print(f"ratelimit serve: error: {exc}", file=sys.stderr)
+        return 2
+    return run(settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("config", ("_config", "config")),
     ("limiter", ("limiter", "")),  # "" is the package itself (ratelimit/__init__.py)
-    ("adapters", ("asgi", "wsgi", "grpc", "flask", "django", "testing")),
+    # serve: the envoyproxy/ratelimit gRPC service, an adapter of Envoy's requests to the limiter.
+    ("adapters", ("asgi", "wsgi", "grpc", "flask", "django", "testing", "serve")),
     ("cli", ("_cli", "migrate", "__main__")),
 ]
 """Layer name and the modules in it (names relative to ``ratelimit``; a package covers its modules)."""
