@@ -16,6 +16,23 @@ def _rates(rates: Any) -> str:
     return ", ".join(str(r) for r in rates) if rates else "unlimited"
 
 
+def _describe_tree(tree: Any) -> list[str]:
+    """The descriptor tree, one line per descriptor, with its limit and flags."""
+    lines = []
+    for depth, key, value, shared, limit in tree.walk():
+        text = f"{'  ' * depth}- {key}" + (f" = {value}" if value is not None else "")
+        if value is not None and "*" in value:
+            text += "  (one counter for all matches)" if shared else "  (a counter per matching value)"
+        if limit is not None:
+            text += f": {_rates(limit.rates)}"
+            flags = [f"name {limit.label}"] if limit.label else []
+            flags += [f"replaces {', '.join(sorted(limit.replaces))}"] if limit.replaces else []
+            flags += [word for word, on in (("shadow", limit.shadow), ("quota_mode", limit.quota_mode)) if on]
+            text += f"  [{'; '.join(flags)}]" if flags else ""
+        lines.append(text)
+    return lines
+
+
 def _describe_rule(rule: Any) -> list[str]:
     if isinstance(rule, DescriptorRule):
         lines = [f"{rule.name}  (envoyproxy/ratelimit domain {rule.tree.domain!r})"]
@@ -25,6 +42,15 @@ def _describe_rule(rule: Any) -> list[str]:
             lines.append(f"    match: {' '.join(rule.route.paths) or 'every path'}")
         if rule.shadow:
             lines.append("    shadow: counts, never denies")
+        lines += ["    " + line for line in _describe_tree(rule.tree)]
+        quota = sum(1 for *_, limit in rule.tree.walk() if limit is not None and limit.quota_mode)
+        if quota > 1:
+            lines.append(
+                "    quota_mode: a request whose descriptors match several quota-mode limits is denied"
+                " by the service only when all are over; the app counts such limits without denying"
+                " (one alone denies as usual)"
+            )
+        lines += [f"    note: {note}" for note in rule.tree.notes]
         return lines
     assert isinstance(rule, Rule)
     head = f"{rule.name}{'  [shadow]' if rule.shadow else ''}"
@@ -97,9 +123,40 @@ def _counters(rule: Any, identity: str, tier: str | None) -> list[tuple[str, str
     """(label, counter, limits) of ``identity`` under ``rule``; Envoy domains read ``k=v,k=v``."""
     if isinstance(rule, DescriptorRule):
         entries = [tuple(part.split("=", 1)) for part in identity.split(",") if "=" in part]
-        charge = rule.charge([(k, v) for k, v in entries]) if entries else None
-        return [] if charge is None else [(rule.name, charge.counted, charge.rates)]
+        given = [(k, v) for k, v in entries]
+        found = rule.tree.match(given) if given else None
+        charge = rule.charge(given) if given else None
+        if found is None or charge is None:
+            return []
+        shared = ",".join(f"{k}={v}" for k, v in found.counter_entries)
+        label = f"{rule.name} (shared counter {shared})" if found.shared else rule.name
+        return [(label, charge.counted, charge.rates)]
     return [(rule.name, f"{rule.name}/{identity}", rule.limits_for(identity, tier))]
+
+
+def _no_counter(rule: Any, identity: str) -> str:
+    """Why ``identity`` has no counter under the Envoy domain ``rule``."""
+    if not all("=" in part for part in identity.split(",")):
+        return f"{identity!r} is not a descriptor (key=value,key=value)"
+    return f"no limit of domain {rule.tree.domain!r} matches {identity!r}"
+
+
+def _storage_shown(limiter: Any, storage: str | None) -> str:
+    """The storage URL inspect reads, any password replaced by ``***``."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    current = limiter.config.current if limiter.config is not None else None
+    url = storage or (current.limiter_options.get("storage") if current is not None else None) or "memory://"
+    if not isinstance(url, str):
+        return type(url).__name__
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = urlencode([(k, "***" if "password" in k else v) for k, v in parse_qsl(parts.query)], safe="/")
+    if parts.scheme == "memory":
+        return f"{url} (this process only: it holds none of the app's counters)"
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def run_inspect(
@@ -130,10 +187,13 @@ def run_inspect(
         limiter.close()
         print(f"ratelimit inspect: error: no rule named {rule_name!r} in {path}", file=sys.stderr)
         return 1
-    print(f"usage of {identity!r} on {limiter.backend!r}:")
+    print(f"usage of {identity!r} on {_storage_shown(limiter, storage)}:")
     try:
         for rule in rules:
-            for label, counted, rates in _counters(rule, identity, tier):
+            counters = _counters(rule, identity, tier)
+            if not counters and isinstance(rule, DescriptorRule):
+                print(f"  {rule.name}: {_no_counter(rule, identity)}")
+            for label, counted, rates in counters:
                 if not rates:
                     print(f"  {label}: unlimited")
                     continue

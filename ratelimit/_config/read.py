@@ -62,7 +62,7 @@ def read_document(text: str, source: str, base: Path | None) -> Document:
         report.add(None, "", f"expected one YAML document, found {len(docs)}")
         raise Invalid(report.errors)
     top = Field(docs[0], "", getattr(docs[0], "at", None), report)
-    if isinstance(top.value, dict) and "domain" in top.value:  # a bare envoyproxy/ratelimit config
+    if _is_service_config(top.value):  # a bare envoyproxy/ratelimit config
         tree = read_service_config(top)
         if tree is not None:
             doc.rules.append(DescriptorRule(_envoy_slug(f"envoy-{tree.domain}"), tree))
@@ -71,6 +71,13 @@ def read_document(text: str, source: str, base: Path | None) -> Document:
     if report.errors:
         raise Invalid(report.errors)
     return doc
+
+
+def _is_service_config(value: Any) -> bool:
+    """A top level with ``domain``, or ``descriptors`` and none of this format's keys."""
+    if not isinstance(value, dict):
+        return False
+    return "domain" in value or ("descriptors" in value and not set(value) & set(_TOP))
 
 
 class Invalid(Exception):
@@ -200,7 +207,7 @@ def _read_envoy(f: Field, shadow: bool, taken: set[str], base: Path | None, doc:
     keys = f.mapping(_ENVOY)
     if keys is None:
         return None
-    if ("file" in keys) == ("domain" in keys):
+    if ("file" in keys) == ("domain" in keys or "descriptors" in keys):
         f.report.add(f.pos, f.path, "needs either file, or domain and descriptors inline")
         return None
     if "file" in keys:

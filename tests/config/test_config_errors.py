@@ -209,7 +209,7 @@ CASES = [
     (
         "envoy unit",
         "envoy: [{domain: d, descriptors: [{key: k, rate_limit: {unit: fortnight, requests_per_unit: 1}}]}]\n",  # noqa: E501
-        "rate_limit.unit: expected one of: second, minute",
+        "rate_limit.unit: invalid rate limit unit 'fortnight' (expected one of: second, minute",
     ),
     (
         "envoy huge count",
@@ -219,12 +219,12 @@ CASES = [
     (
         "envoy rpu",
         "envoy: [{domain: d, descriptors: [{key: k, rate_limit: {unit: second}}]}]\n",
-        "needs requests_per_unit and unit",
+        "rate_limit: needs requests_per_unit (the service reads a missing one as 0",
     ),
     (
         "envoy key",
         "envoy: [{domain: d, descriptors: [{value: v}]}]\n",
-        "envoy[0].descriptors[0]: missing required key 'key'",
+        "envoy[0].descriptors[0]: descriptor has empty key",
     ),
     (
         "envoy field",
@@ -234,7 +234,7 @@ CASES = [
     (
         "envoy dup",
         "envoy: [{domain: d, descriptors: [{key: k, value: v}, {key: k, value: v}]}]\n",
-        "duplicate descriptor 'd.k=v'",
+        "envoy[0].descriptors[1]: duplicate descriptor composite key 'd.k_v'",
     ),
     (
         "envoy action",
