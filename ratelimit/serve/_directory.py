@@ -40,7 +40,9 @@ class DirectoryConfig:
         try:
             names = sorted(os.listdir(self.path))
         except OSError as exc:
-            raise ConfigError([f"{self.path}: cannot read the config directory: {exc.strerror or exc}"]) from None
+            raise ConfigError(
+                [f"{self.path}: cannot read the config directory: {exc.strerror or exc}"]
+            ) from None
         return [
             self.path / n
             for n in names
@@ -70,7 +72,9 @@ class DirectoryConfig:
 
     def start(self, limiter: Limiter) -> None:
         """Check the directory every ``interval`` seconds; apply a valid change to ``limiter``."""
-        self._thread = threading.Thread(target=self._watch, args=(limiter,), name="ratelimit-config", daemon=True)
+        self._thread = threading.Thread(
+            target=self._watch, args=(limiter,), name="ratelimit-config", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -95,7 +99,9 @@ class DirectoryConfig:
                 self._rejected = str(exc)
                 if limiter.metrics is not None:
                     limiter.metrics.config_reload("rejected")
-                log.error("ratelimit: rejected the new %s, the previous rules stay in force:\n%s", self.path, exc)
+                log.error(
+                    "ratelimit: rejected the new %s, the previous rules stay in force:\n%s", self.path, exc
+                )
             return False
         self._rejected = None
         limiter.ruleset = config.ruleset

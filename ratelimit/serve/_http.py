@@ -10,6 +10,7 @@ answered, as the Go service does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,7 +39,7 @@ class HttpEndpoints:
     def __init__(
         self, answer: Callable[[Any], Awaitable[Any]], healthy: Callable[[], bool], metrics_path: str | None
     ) -> None:
-        from envoy.service.ratelimit.v3 import rls_pb2
+        from envoy.service.ratelimit.v3 import rls_pb2  # type: ignore[import-untyped]
 
         self.pb = rls_pb2
         self.answer = answer
@@ -64,7 +65,7 @@ class HttpEndpoints:
         return 404, "text/plain", b"not found\n"
 
     async def _json(self, body: bytes) -> tuple[int, str, bytes]:
-        from google.protobuf import json_format
+        from google.protobuf import json_format  # type: ignore[import-untyped]
 
         from ._service import BadRequest
 
@@ -108,7 +109,13 @@ class HttpEndpoints:
                 except ValueError:
                     length = -1
                 if not 0 <= length <= MAX_BODY or "chunked" in headers.get("transfer-encoding", "").lower():
-                    await _write(writer, 413, "text/plain", b"send a Content-Length body of at most 1 MiB\n", close=True)
+                    await _write(
+                        writer,
+                        413,
+                        "text/plain",
+                        b"send a Content-Length body of at most 1 MiB\n",
+                        close=True,
+                    )
                     return
                 try:
                     body = await reader.readexactly(length) if length else b""
@@ -137,7 +144,5 @@ async def _write(writer: asyncio.StreamWriter, status: int, ctype: str, body: by
         + "\r\n"
     )
     writer.write(head.encode("latin-1") + body)
-    try:
+    with contextlib.suppress(ConnectionError):
         await writer.drain()
-    except ConnectionError:
-        pass

@@ -86,13 +86,18 @@ class ServiceMetrics:
         self.shadow_mode = per_key("shadow_mode", "Hits over a shadow limit (allowed anyway).")
         self.errors = Counter(
             "service_should_rate_limit_error",
-            "ShouldRateLimit calls answered with an error (service_error) or by the failure policy (redis_error).",
+            "ShouldRateLimit calls answered with an error (service_error) "
+            "or by the failure policy (redis_error).",
             ["err_type"],
             namespace="ratelimit",
             registry=registry,
         )
         self.requests = Counter(
-            "service_total_requests", "Calls per gRPC method.", ["grpc_method"], namespace="ratelimit", registry=registry
+            "service_total_requests",
+            "Calls per gRPC method.",
+            ["grpc_method"],
+            namespace="ratelimit",
+            registry=registry,
         )
         self.latency = Histogram(
             "service_response_time_seconds",

@@ -41,7 +41,8 @@ class _JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -94,7 +95,11 @@ def build_limiter(settings: ServeSettings, metrics: ServiceMetrics) -> tuple[Lim
     except ConfigError as exc:
         raise ServeError(f"invalid config:\n{exc}") from None
     options = dict(config.limiter_options)
-    for name, value in (("storage", settings.storage), ("timeout", settings.timeout), ("prefix", settings.prefix)):
+    for name, value in (
+        ("storage", settings.storage),
+        ("timeout", settings.timeout),
+        ("prefix", settings.prefix),
+    ):
         if name not in options and value is not None:
             options[name] = value
     if "storage" not in options:
@@ -118,10 +123,10 @@ def build_limiter(settings: ServeSettings, metrics: ServiceMetrics) -> tuple[Lim
 
 async def serve_forever(settings: ServeSettings, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` is set (SIGTERM and SIGINT set it), then drain and close."""
-    import grpc
-    from envoy.service.ratelimit.v3 import rls_pb2_grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection
+    import grpc  # type: ignore[import-untyped]
+    from envoy.service.ratelimit.v3 import rls_pb2_grpc  # type: ignore[import-untyped]
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+    from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
 
     try:
         import prometheus_client  # noqa: F401
@@ -141,7 +146,7 @@ async def serve_forever(settings: ServeSettings, stop: asyncio.Event | None = No
         log.warning("%s is set but not supported by ratelimit serve (see docs/serve.md); ignored", name)
 
     class Servicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
-        async def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # noqa: N802 (the proto's name)
+        async def ShouldRateLimit(self, request: Any, context: Any) -> Any:
             try:
                 return await core.should_rate_limit(request)
             except BadRequest as exc:
@@ -162,12 +167,18 @@ async def serve_forever(settings: ServeSettings, stop: asyncio.Event | None = No
     try:
         grpc_port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     except RuntimeError as exc:
-        raise ServeError(f"cannot listen for gRPC on {settings.grpc_host}:{settings.grpc_port}: {exc}") from None
+        raise ServeError(
+            f"cannot listen for gRPC on {settings.grpc_host}:{settings.grpc_port}: {exc}"
+        ) from None
     healthy = True
-    endpoints = HttpEndpoints(core.should_rate_limit, lambda: healthy, settings.metrics_path if has_prometheus else None)
+    endpoints = HttpEndpoints(
+        core.should_rate_limit, lambda: healthy, settings.metrics_path if has_prometheus else None
+    )
     reuse = _REUSE_PORT
     try:
-        http = await asyncio.start_server(endpoints.handle, settings.http_host, settings.http_port, reuse_port=reuse)
+        http = await asyncio.start_server(
+            endpoints.handle, settings.http_host, settings.http_port, reuse_port=reuse
+        )
         extra = None
         if settings.metrics_address is not None and has_prometheus:
             host, port = settings.metrics_address

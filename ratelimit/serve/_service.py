@@ -82,7 +82,7 @@ class RateLimitCore:
     """
 
     def __init__(self, limiter: Limiter, settings: ServeSettings, metrics: ServiceMetrics) -> None:
-        from envoy.service.ratelimit.v3 import rls_pb2
+        from envoy.service.ratelimit.v3 import rls_pb2  # type: ignore[import-untyped]
 
         self.pb = rls_pb2
         self.limiter = limiter
@@ -165,11 +165,15 @@ class RateLimitCore:
         """A limit the request brings along (Envoy's ``limit`` override); never shadow, as upstream."""
         unit = ENUM_UNIT.get(override.unit)
         if unit is None:
-            raise BadRequest(f"descriptor {index}: limit override has unit {override.unit}, expected SECOND..YEAR")
+            raise BadRequest(
+                f"descriptor {index}: limit override has unit {override.unit}, expected SECOND..YEAR"
+            )
         count = int(override.requests_per_unit)
         rate = Rate(count, float(UNITS[unit]))
         path = ".".join(f"{k}_{v}" if v else k for k, v in slot.entries)
-        slot.limit = DescriptorLimit((rate,), f"{rule.tree.domain}.{path}", None, frozenset(), False, unit, count)
+        slot.limit = DescriptorLimit(
+            (rate,), f"{rule.tree.domain}.{path}", None, frozenset(), False, unit, count
+        )
         slot.rate = rate
         found = rule.charge(slot.entries) if slot.entries else None
         # The descriptor's counter: the same one the config's limit counts on, when there is one.
@@ -289,16 +293,22 @@ class RateLimitCore:
         shadows: list[list[Any]],
     ) -> list[tuple[str, str]]:
         ruleset = self.limiter.ruleset
-        enabled = self.settings.headers if self.settings.headers is not None else (
-            ruleset.headers if ruleset is not None else True
+        enabled = (
+            self.settings.headers
+            if self.settings.headers is not None
+            else (ruleset.headers if ruleset is not None else True)
         )
         legacy = ruleset.legacy_headers if ruleset is not None else True
         if decision is not None:
             if not enabled and decision.allowed:
                 return []
-            fields = rate_limit_headers(decision, [i[3] for i in enforcing], [i[1] for i in enforcing], legacy=legacy)
+            fields = rate_limit_headers(
+                decision, [i[3] for i in enforcing], [i[1] for i in enforcing], legacy=legacy
+            )
         elif shadow is not None and enabled:
-            fields = rate_limit_headers(shadow, [i[3] for i in shadows], [i[1] for i in shadows], legacy=legacy)
+            fields = rate_limit_headers(
+                shadow, [i[3] for i in shadows], [i[1] for i in shadows], legacy=legacy
+            )
             fields = [f for f in fields if f[0] != "Retry-After"]  # shadow limits never deny
         else:
             return []

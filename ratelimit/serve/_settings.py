@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["SettingsError", "ServeSettings", "redis_url_from_env"]
+__all__ = ["ServeSettings", "SettingsError", "redis_url_from_env"]
 
 
 class SettingsError(ValueError):
@@ -101,9 +101,11 @@ def redis_url_from_env(env: Mapping[str, str]) -> str | None:
         master, _, hosts = raw.partition(",")
         if not hosts:
             raise SettingsError("REDIS_TYPE=SENTINEL needs REDIS_URL=master-name,host:port[,host:port...]")
-        query = f"?sentinel_password={quote(env['REDIS_SENTINEL_AUTH'], safe='')}" if env.get(
-            "REDIS_SENTINEL_AUTH"
-        ) else ""
+        query = (
+            f"?sentinel_password={quote(env['REDIS_SENTINEL_AUTH'], safe='')}"
+            if env.get("REDIS_SENTINEL_AUTH")
+            else ""
+        )
         return f"redis{s}+sentinel://{creds}{hosts}/{quote(master, safe='')}{query}"
     raise SettingsError(f"REDIS_TYPE={kind!r}: expected SINGLE, SENTINEL or CLUSTER")
 
@@ -195,7 +197,11 @@ class ServeSettings:
         fmt = (env.get("LOG_FORMAT") or "text").strip().lower()
         if fmt not in ("text", "json"):
             raise SettingsError(f"LOG_FORMAT={fmt!r}: expected text or json")
-        headers = _flag(env, "LIMIT_RESPONSE_HEADERS_ENABLED", False) if "LIMIT_RESPONSE_HEADERS_ENABLED" in env else None
+        headers = (
+            _flag(env, "LIMIT_RESPONSE_HEADERS_ENABLED", False)
+            if "LIMIT_RESPONSE_HEADERS_ENABLED" in env
+            else None
+        )
         names = (
             env.get("LIMIT_LIMIT_HEADER") or "X-RateLimit-Limit",
             env.get("LIMIT_REMAINING_HEADER") or "X-RateLimit-Remaining",
@@ -219,7 +225,9 @@ class ServeSettings:
             try:
                 metrics_address = (host or "0.0.0.0", int(port))
             except ValueError:
-                raise SettingsError(f"PROMETHEUS_ADDR={env.get('PROMETHEUS_ADDR')!r}: expected host:port") from None
+                raise SettingsError(
+                    f"PROMETHEUS_ADDR={env.get('PROMETHEUS_ADDR')!r}: expected host:port"
+                ) from None
         path = env.get("PROMETHEUS_PATH") or "/metrics"
         http_env = "HTTP_PORT" if env.get("HTTP_PORT") else "PORT"
         return cls(

@@ -81,7 +81,9 @@ class Served:
         return code
 
 
-def descriptor(*entries: tuple[str, str], hits: int | None = None, override: tuple[int, int] | None = None) -> Any:
+def descriptor(
+    *entries: tuple[str, str], hits: int | None = None, override: tuple[int, int] | None = None
+) -> Any:
     d = ratelimit_pb2.RateLimitDescriptor(
         entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=k, value=v) for k, v in entries]
     )
@@ -103,7 +105,9 @@ def start(config: Path, *args: str, env: dict[str, str] | None = None) -> Served
     environment = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "GRPC_PORT", "HTTP_PORT")}
     environment.update({"PYTHONPATH": str(ROOT), "LOG_LEVEL": "info", **(env or {})})
     argv = [sys.executable, "-m", "ratelimit", "serve", str(config), "--grpc-port", "0", "--http-port", "0"]
-    return Served([*argv, "--reload", "0.2", *args], environment, config.parent if config.is_file() else config)
+    return Served(
+        [*argv, "--reload", "0.2", *args], environment, config.parent if config.is_file() else config
+    )
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def shop(tmp_path: Path, redis_url: str, prefix: str, serve: Any) -> Any:
 
 
 def test_every_response_field(shop: Any) -> None:
-    """Statuses carry code, current_limit (name, unit, requests_per_unit), remaining and reset; headers follow."""
+    """Statuses carry code, current_limit (name, unit, rate), remaining and reset; headers follow."""
     first = shop.ask([("user", "alice")])
     assert first.overall_code == OK
     (status,) = first.statuses

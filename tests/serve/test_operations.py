@@ -1,0 +1,251 @@
+"""What a platform team expects around the RPC: failures, SIGTERM, health, reflection, HTTP, metrics."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import grpc, rls_pb2, start
+from test_service import write_config
+
+from ratelimit.serve import ServeSettings, SettingsError
+from ratelimit.serve._settings import redis_url_from_env
+
+OK, OVER = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
+
+
+def get(port: int, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST" if body is not None else "GET", path, body=body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("mode", "code"), [("open", OK), ("closed", OVER)])
+def test_redis_down_is_answered_by_the_failure_policy(
+    tmp_path: Path, fresh_redis: Any, prefix: str, serve: Any, mode: str, code: int
+) -> None:
+    """With Redis killed, every call is answered (within the client's deadline) as failure_mode says."""
+    server = serve(write_config(tmp_path, fresh_redis.url, prefix, failure_mode=mode))
+    assert server.ask([("user", "a")]).overall_code == OK
+    fresh_redis.kill()
+    for _ in range(5):
+        answer = server.ask([("user", "a")], timeout=5)  # an answer, not a hang
+        assert answer.overall_code == code
+        assert answer.statuses[0].code == code
+    _, metrics = get(server.http_port, "/metrics")
+    assert b'ratelimit_service_should_rate_limit_error_total{err_type="redis_error"}' in metrics
+    fresh_redis.restart()
+
+
+def test_sigterm_drains_calls_in_flight(tmp_path: Path, fresh_redis: Any, prefix: str, serve: Any) -> None:
+    """SIGTERM: health turns NOT_SERVING, the call in flight is answered, then the process exits 0."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = serve(write_config(tmp_path, fresh_redis.url, prefix, timeout="2s"))
+    assert server.ask([("user", "a")]).overall_code == OK
+    fresh_redis.pause()  # the next call waits its 2 s budget
+    answers: list[Any] = []
+    caller = threading.Thread(target=lambda: answers.append(server.ask([("user", "b")], timeout=20)))
+    caller.start()
+    time.sleep(0.5)  # let the call reach the server (its budget is 2 s): ordering, not speed
+    try:
+        health = health_pb2_grpc.HealthStub(server.channel)
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_log("shutting down")
+        try:  # draining: NOT_SERVING, or already refusing new calls
+            status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE
+        caller.join(20)
+    finally:
+        fresh_redis.resume()
+    assert answers and answers[0].overall_code == OK  # the failure policy answered it, in time
+    assert server.proc.wait(20) == 0
+    server.wait_log("stopped")
+
+
+def test_health_and_reflection(tmp_path: Path, redis_url: str, prefix: str, serve: Any) -> None:
+    """grpc.health.v1 says SERVING; reflection lists the RateLimitService."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    server = serve(write_config(tmp_path, redis_url, prefix))
+    health = health_pb2_grpc.HealthStub(server.channel)
+    for name in ("", "ratelimit", "envoy.service.ratelimit.v3.RateLimitService"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert "envoy.service.ratelimit.v3.RateLimitService" in names
+    assert "grpc.health.v1.Health" in names
+
+
+def test_http_endpoints(tmp_path: Path, redis_url: str, prefix: str, serve: Any) -> None:
+    """/healthcheck, /json (200, 429, 400) and /metrics, as the Go service's HTTP port."""
+    server = serve(write_config(tmp_path, redis_url, prefix))
+    port = server.http_port
+    assert get(port, "/healthcheck") == (200, b"OK")
+    body = json.dumps({"domain": "shop", "descriptors": [{"entries": [{"key": "path", "value": "/login"}]}]})
+    for _ in range(2):
+        status, payload = get(port, "/json", body.encode())
+        assert status == 200
+        assert json.loads(payload)["overallCode"] == "OK"
+    status, payload = get(port, "/json", body.encode())
+    assert status == 429
+    answer = json.loads(payload)
+    assert answer["statuses"][0]["code"] == "OVER_LIMIT"
+    assert answer["statuses"][0]["currentLimit"] == {"requestsPerUnit": 2, "unit": "HOUR"}
+    assert get(port, "/json", b"{not json")[0] == 400
+    assert get(port, "/json", b'{"domain": "shop", "hitsAddend": -1, "descriptors": []}')[0] == 400
+    assert get(port, "/json", b'{"domain": "", "descriptors": [{"entries": []}]}')[0] == 400
+    assert get(port, "/json")[0] == 405
+    assert get(port, "/nowhere")[0] == 404
+    status, metrics = get(port, "/metrics")
+    assert status == 200
+    text = metrics.decode()
+    assert 'ratelimit_service_rate_limit_over_limit_total{domain="shop",key="path_/login"} 1.0' in text
+    assert 'ratelimit_service_rate_limit_total_hits_total{domain="shop",key="path_/login"} 3.0' in text
+    assert 'ratelimit_decisions_total{adapter="serve"' in text
+    assert 'ratelimit_service_should_rate_limit_error_total{err_type="service_error"} 1.0' in text
+    # A broken connection does not take the port down.
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        assert b"400" in sock.recv(1024)
+    assert get(port, "/healthcheck") == (200, b"OK")
+
+
+def test_detailed_metric_labels_are_bounded(tmp_path: Path, redis_url: str, prefix: str, serve: Any) -> None:
+    """detailed_metric puts the request's values in the key label, and the label stays bounded."""
+    service = """
+domain: shop
+descriptors:
+  - key: user
+    detailed_metric: true
+    rate_limit: {unit: minute, requests_per_unit: 5}
+"""
+    server = serve(write_config(tmp_path, redis_url, prefix, service))
+    server.ask(*[[("user", f"u{i}")] for i in range(1100)])
+    text = get(server.http_port, "/metrics")[1].decode()
+    hits = [
+        line for line in text.splitlines() if line.startswith("ratelimit_service_rate_limit_total_hits_total")
+    ]
+    assert 'key="user_u1"' in text
+    assert len(hits) <= 1001 and 'key="other"' in text
+
+
+def test_workers_share_the_ports(tmp_path: Path, redis_url: str, prefix: str) -> None:
+    """--workers 2: two processes answer on the same ports; SIGTERM stops them all."""
+    from support.redis_servers import free_port
+
+    grpc_port, http_port = free_port(), free_port()
+    config = write_config(tmp_path, redis_url, prefix)
+    env = {"GRPC_PORT": str(grpc_port), "HTTP_PORT": str(http_port)}
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ratelimit", "serve", str(config), "--workers", "2"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if sum("listening" in x for x in lines) == 2:
+                break
+        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        from envoy.service.ratelimit.v3 import rls_pb2_grpc
+
+        stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+        from conftest import request
+
+        for _ in range(3):
+            assert stub.ShouldRateLimit(request("shop", [("user", "w")]), timeout=5).overall_code == OK
+        assert stub.ShouldRateLimit(request("shop", [("user", "w")]), timeout=5).overall_code == OVER
+        channel.close()
+        assert get(http_port, "/healthcheck") == (200, b"OK")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def test_settings_from_upstream_variables() -> None:
+    """Ports, Redis, headers and the runtime directory from the Go service's variables."""
+    env = {
+        "GRPC_PORT": "9001",
+        "PORT": "9002",
+        "REDIS_SOCKET_TYPE": "tcp",
+        "REDIS_URL": "redis.default.svc:6379",
+        "REDIS_AUTH": "s3cret",
+        "RUNTIME_ROOT": "/data",
+        "RUNTIME_SUBDIRECTORY": "ratelimit",
+        "LIMIT_RESPONSE_HEADERS_ENABLED": "true",
+        "LIMIT_REMAINING_HEADER": "RateLimit-Remaining",
+        "SHADOW_MODE": "true",
+        "REDIS_TIMEOUT": "100ms",
+        "USE_STATSD": "false",
+        "BACKEND_TYPE": "memcache",
+    }
+    s = ServeSettings.from_env(None, env=env)
+    assert (s.grpc_port, s.http_port) == (9001, 9002)
+    assert s.storage == "redis://:s3cret@redis.default.svc:6379"
+    assert s.config == Path("/data/ratelimit/config")
+    assert s.headers is True and s.header_names[1] == "RateLimit-Remaining"
+    assert s.shadow and s.timeout == pytest.approx(0.1)
+    assert s.ignored == ("BACKEND_TYPE",)
+    flags = ServeSettings.from_env(
+        "x.yaml", grpc_port=1, http_port=2, env={"GRPC_PORT": "5", "HTTP_PORT": "6"}
+    )
+    assert (flags.grpc_port, flags.http_port) == (1, 2)
+    assert ServeSettings.from_env("x.yaml", env={"HTTP_PORT": "6", "PORT": "7"}).http_port == 6
+    assert redis_url_from_env({"REDIS_URL": "rediss://h:1/0"}) == "rediss://h:1/0"
+    assert redis_url_from_env({"REDIS_TYPE": "cluster", "REDIS_URL": "a:1,b:2"}) == "redis+cluster://a:1,b:2"
+    assert (
+        redis_url_from_env(
+            {"REDIS_TYPE": "SENTINEL", "REDIS_URL": "mymaster,s1:26379,s2:26379", "REDIS_TLS": "1"}
+        )
+        == "rediss+sentinel://s1:26379,s2:26379/mymaster"
+    )
+    assert redis_url_from_env({"REDIS_URL": "/var/run/redis.sock"}) == "unix:///var/run/redis.sock"
+    for bad in (
+        {"GRPC_PORT": "x"},
+        {"NEAR_LIMIT_RATIO": "2"},
+        {"LOG_LEVEL": "loud"},
+        {"REDIS_TYPE": "X", "REDIS_URL": "h"},
+    ):
+        with pytest.raises(SettingsError):
+            ServeSettings.from_env("x.yaml", env=bad)
+
+
+def test_a_config_without_storage_is_refused(tmp_path: Path) -> None:
+    """No backend.storage and no REDIS_URL: a clear error and exit 1, not per-process counters."""
+    config = tmp_path / "shop.yaml"
+    config.write_text("domain: shop\ndescriptors: []\n")
+    with pytest.raises(AssertionError, match="no storage"):
+        start(config)
