@@ -175,6 +175,9 @@ def _render(config: dict[str, Any], inputs: list[str], translated: list[str], fi
         def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
             super().increase_indent(flow, False)  # lists indented under their key, as people write them
 
+        def ignore_aliases(self, data: Any) -> bool:
+            return True  # entries sharing a ConfigMap's descriptors are written out in full, no &id001
+
     body = yaml.dump(
         config, Dumper=Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100
     )

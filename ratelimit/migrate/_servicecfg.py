@@ -73,32 +73,54 @@ def _descriptors(items: list[Any], where: str, m: Manifest, report: Report) -> l
         if not isinstance(item, dict) or not isinstance(item.get("key"), str) or not item["key"]:
             report.add(m, "untranslated", here, "descriptor without a key; left out")
             continue
-        ident = (item["key"], None if item.get("value") is None else str(item["value"]))
-        if ident in seen:
+        # The service keys a level by "key_value" ("key" alone for no or an empty value).
+        value = "" if item.get("value") is None else str(item["value"])
+        joined = f"{item['key']}_{value}" if value else item["key"]
+        if joined in seen:
             report.add(
                 m,
                 "untranslated",
                 here,
-                f"duplicate descriptor {ident}; left out (the service refuses the whole config)",
+                f"duplicate descriptor composite key {joined!r};"
+                " left out (the service refuses the whole config)",
             )
             continue
-        seen.add(ident)
+        seen.add(joined)
         desc: dict[str, Any] = {}
-        for name, value in item.items():
+        for name, field_value in item.items():
             if name not in _DESCRIPTOR:
                 report.add(m, "untranslated", f"{here}.{name}", "unknown descriptor field; left out")
             elif name == "rate_limit":
-                limit = _rate_limit(as_dict(value), f"{here}.rate_limit", m, report)
+                limit = _rate_limit(as_dict(field_value), f"{here}.rate_limit", m, report)
                 if limit is not None:
                     desc[name] = limit
             elif name == "descriptors":
-                desc[name] = _descriptors(as_list(value), f"{here}.descriptors", m, report)
+                desc[name] = _descriptors(as_list(field_value), f"{here}.descriptors", m, report)
             elif name == "value":
-                desc[name] = str(value)
-            else:
                 desc[name] = value
+            elif name == "share_threshold" and field_value and "*" not in joined:
+                report.add(
+                    m,
+                    "untranslated",
+                    f"{here}.share_threshold",
+                    "share_threshold without a wildcard value;"
+                    " left out (the service refuses the whole config)",
+                )
+            else:
+                desc[name] = field_value
+            if name in _NO_EFFECT and field_value:
+                report.add(m, "note", f"{here}.{name}", _NO_EFFECT[name])
         out.append(desc)
     return out
+
+
+_NO_EFFECT = {
+    "detailed_metric": "kept; it names the service's stats only, the app's metrics are per rule",
+    "value_to_metric": "kept; it names the service's stats only, the app's metrics are per rule",
+    "metadata": "kept for ratelimit serve's response metadata; no effect in the app",
+    "quota_mode": "kept: denies only when all of a request's quota-mode limits are over"
+    " (in the app, several per request count without denying; docs/configuration.md)",
+}
 
 
 def _rate_limit(limit: dict[str, Any], where: str, m: Manifest, report: Report) -> dict[str, Any] | None:
@@ -107,13 +129,34 @@ def _rate_limit(limit: dict[str, Any], where: str, m: Manifest, report: Report) 
         if name not in _RATE_LIMIT:
             report.add(m, "untranslated", f"{where}.{name}", "unknown rate_limit field; left out")
         elif name == "replaces":
-            names = [str(as_dict(r).get("name")) for r in as_list(value) if as_dict(r).get("name")]
+            names = []
+            for i, r in enumerate(as_list(value)):
+                gone = as_dict(r).get("name")
+                if not gone or gone == limit.get("name"):
+                    why = "an empty replaces entry" if not gone else "a limit that replaces itself"
+                    report.add(
+                        m,
+                        "untranslated",
+                        f"{where}.replaces[{i}]",
+                        f"{why}; left out (the service refuses it)",
+                    )
+                else:
+                    names.append(str(gone))
             out[name] = [{"name": _limit_name(n, f"{where}.replaces", m, report)} for n in names]
         elif name == "name":
             out[name] = _limit_name(str(value), f"{where}.name", m, report)
         else:
             out[name] = value
     if out.get("unlimited"):
+        for extra in ("unit", "unit_multiplier"):
+            if extra in out:
+                del out[extra]
+                report.add(
+                    m,
+                    "approximated",
+                    f"{where}.{extra}",
+                    "left out: the limit is unlimited (the service refuses a unit with unlimited)",
+                )
         return out
     unit = str(out.get("unit", "")).lower()
     count = out.get("requests_per_unit")

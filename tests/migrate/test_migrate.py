@@ -681,3 +681,54 @@ def test_regexes_python_cannot_compile_are_left_out(tmp_path: Path) -> None:
     out = tmp_path / "limits.yaml"
     out.write_text(result.text)
     assert [r.name for r in load_config(out).ruleset.rules] == ["api-local"]
+
+
+def test_wildcards_and_share_threshold_keep_their_meaning(drive: Any) -> None:
+    """A middle wildcard limits each matching path; share_threshold keeps one counter for all matches."""
+    result = migrated("wildcards-share")
+    assert "unknown" not in messages(result)
+    d = drive("wildcards-share")
+    assert d.allowed(5, path="/api/1/action") == 3
+    assert d.allowed(5, path="/api/2/action") == 3  # a counter per value, as in the service
+    assert d.allowed(3, path="/files/a.pdf") == 3
+    assert d.allowed(3, path="/files/b.csv") == 1  # the 4/minute is shared by every /files/* path
+    assert d.allowed(3, path="/api/1/other") == 3
+
+
+def test_fields_without_effect_in_the_app_are_noted() -> None:
+    """detailed_metric, value_to_metric, metadata and quota_mode are kept, each with a note saying so."""
+    notes = messages(migrated("wildcards-share"), "note")
+    for field in ("detailed_metric", "value_to_metric", "metadata", "quota_mode"):
+        assert f".{field}: kept" in notes, field
+
+
+def test_output_has_no_yaml_anchors(tmp_path: Path) -> None:
+    """Two entries sharing a ConfigMap's descriptors are both written in full, without &id001/*id001."""
+    text = migrate([write_case(tmp_path, GLOBAL_FILTER)]).text
+    assert "&id" not in text and "*id" not in text
+    assert text.count("        value: everything\n") == 2  # the descriptors of both entries
+
+
+def test_configs_the_service_refuses_are_reported_by_field(tmp_path: Path) -> None:
+    """A self-replacing or empty replaces, a unit with unlimited and share_threshold without * are named."""
+    path = write_case(
+        tmp_path,
+        """
+        domain: api
+        descriptors:
+          - key: a
+            rate_limit: {name: a, replaces: [{name: a}, {name: ""}], unit: minute, requests_per_unit: 1}
+          - {key: b, rate_limit: {unlimited: true, unit: day}}
+          - {key: c, value: v, share_threshold: true, rate_limit: {unit: minute, requests_per_unit: 1}}
+    """,
+    )
+    result = migrate([path])
+    untranslated = messages(result, "untranslated")
+    assert "descriptors[0].rate_limit.replaces[0]: a limit that replaces itself" in untranslated
+    assert "descriptors[0].rate_limit.replaces[1]: an empty replaces entry" in untranslated
+    assert "descriptors[2].share_threshold: share_threshold without a wildcard value" in untranslated
+    approximated = messages(result, "approximated")
+    assert "descriptors[1].rate_limit.unit: left out: the limit is unlimited" in approximated
+    out = tmp_path / "limits.yaml"
+    out.write_text(result.text)
+    assert [r.name for r in load_config(out).ruleset.rules] == ["envoy-api"]
