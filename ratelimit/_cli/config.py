@@ -153,7 +153,7 @@ def _storage_shown(limiter: Any, storage: str | None) -> str:
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = urlencode([(k, "***" if "password" in k else v) for k, v in parse_qsl(parts.query)], safe="/")
+    query = urlencode([(k, "***" if "password" in k else v) for k, v in parse_qsl(parts.query)], safe="/*")
     if parts.scheme == "memory":
         return f"{url} (this process only: it holds none of the app's counters)"
     return parts._replace(netloc=netloc, query=query).geturl()

@@ -76,6 +76,7 @@ def test_inspect_shows_usage_on_redis(
     for _ in range(2):
         assert main(["inspect", str(path), "ann", "--rule", "api", "--tier", "pro"]) == 0
         out = capsys.readouterr().out
+        assert out.startswith(f"usage of 'ann' on {redis_url}:\n"), out  # the URL, not a repr
         assert "api 10/second: used 3, remaining 7" in out and "api 1000/day: used 3, remaining 997" in out
     assert main(["inspect", str(path), "ann", "--rule", "api", "--tier", "internal"]) == 0
     assert "api: unlimited" in capsys.readouterr().out
@@ -124,3 +125,53 @@ def test_check_env_sets_variables_the_file_reads(
     assert main(["check", "-e", "RL_CHECK_URL=redis://r:6379/0", str(path)]) == 0
     assert "backend: redis://r:6379/0" in capsys.readouterr().out
     assert main(["check", "-e", "oops", str(path)]) == 2
+
+
+SHARED = """
+domain: files
+descriptors:
+  - {key: path, value: "/files/*", share_threshold: true, rate_limit: {unit: minute, requests_per_unit: 4}}
+  - {key: path, value: "/api/*/action", rate_limit: {unit: minute, requests_per_unit: 3}}
+"""
+
+
+def test_inspect_says_when_no_limit_matches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A descriptor that matches nothing, or is no descriptor at all, is said so instead of silence."""
+    path = write(tmp_path, SHARED)
+    assert main(["inspect", str(path), "path=/other"]) == 0
+    assert "envoy-files: no limit of domain 'files' matches 'path=/other'" in capsys.readouterr().out
+    assert main(["inspect", str(path), "ann"]) == 0
+    assert "envoy-files: 'ann' is not a descriptor (key=value,key=value)" in capsys.readouterr().out
+
+
+def test_inspect_names_a_shared_counter_and_the_memory_backend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A share_threshold match names the wildcard counter; memory:// says it holds no app counters."""
+    path = write(tmp_path, SHARED)
+    assert main(["inspect", str(path), "path=/files/a.pdf"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage of 'path=/files/a.pdf' on memory:// (this process only"), out
+    assert "envoy-files (shared counter path=/files/*) 4/minute: used 0, remaining 4" in out
+    assert main(["inspect", str(path), "path=/api/1/action"]) == 0
+    assert "envoy-files 3/minute: used 0, remaining 3" in capsys.readouterr().out
+
+
+def test_inspect_hides_passwords_in_the_storage_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The storage URL is printed with its password and sentinel_password replaced by ***."""
+    path = write(tmp_path, SHARED)
+    url = "redis://u:s3cret@127.0.0.1:1/0?sentinel_password=hush"
+    assert main(["inspect", str(path), "path=/x", "--storage", url]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "redis://u:***@127.0.0.1:1/0?sentinel_password=***" in out
+    assert "s3cret" not in out and "hush" not in out
+
+
+def test_check_prints_the_descriptor_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check lists each descriptor with its limit, and whether a wildcard shares one counter."""
+    assert main(["check", str(write(tmp_path, SHARED))]) == 0
+    out = capsys.readouterr().out
+    assert "- path = /files/*  (one counter for all matches): 4/minute" in out
+    assert "- path = /api/*/action  (a counter per matching value): 3/minute" in out
