@@ -88,15 +88,16 @@ def redis_url_from_env(env: Mapping[str, str]) -> str | None:
         user, sep, password = auth.partition(":")
         creds = f"{quote(user, safe='')}:{quote(password, safe='')}@" if sep else f":{quote(auth, safe='')}@"
     s = "s" if tls else ""
+    tls_query = _tls_query(env) if tls else ""
     if kind == "SINGLE":
         socket_type = (env.get("REDIS_SOCKET_TYPE") or "unix").strip().lower()
         if socket_type == "unix" or raw.startswith("/"):
             return f"unix://{raw}" + (f"?password={quote(auth, safe='')}" if auth else "")
         if socket_type != "tcp":
             raise SettingsError(f"REDIS_SOCKET_TYPE={socket_type!r}: expected tcp or unix")
-        return f"redis{s}://{creds}{raw}"
+        return f"redis{s}://{creds}{raw}" + (f"?{tls_query}" if tls_query else "")
     if kind == "CLUSTER":
-        return f"redis{s}+cluster://{creds}{raw}"
+        return f"redis{s}+cluster://{creds}{raw}" + (f"?{tls_query}" if tls_query else "")
     if kind == "SENTINEL":
         master, _, hosts = raw.partition(",")
         if not hosts:
@@ -108,6 +109,22 @@ def redis_url_from_env(env: Mapping[str, str]) -> str | None:
         )
         return f"redis{s}+sentinel://{creds}{hosts}/{quote(master, safe='')}{query}"
     raise SettingsError(f"REDIS_TYPE={kind!r}: expected SINGLE, SENTINEL or CLUSTER")
+
+
+def _tls_query(env: Mapping[str, str]) -> str:
+    """REDIS_TLS_* files as the URL's ssl_* options."""
+    params = [
+        f"{option}={quote(env[name], safe='/')}"
+        for name, option in (
+            ("REDIS_TLS_CACERT", "ssl_ca_certs"),
+            ("REDIS_TLS_CLIENT_CERT", "ssl_certfile"),
+            ("REDIS_TLS_CLIENT_KEY", "ssl_keyfile"),
+        )
+        if env.get(name)
+    ]
+    if _flag(env, "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", False):
+        params.append("ssl_check_hostname=false")
+    return "&".join(params)
 
 
 def _default_config(env: Mapping[str, str]) -> Path:
