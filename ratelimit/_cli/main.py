@@ -91,10 +91,15 @@ def _parser() -> argparse.ArgumentParser:
         help="config file or directory (default: $RUNTIME_ROOT/$RUNTIME_SUBDIRECTORY/$RUNTIME_APPDIRECTORY)",
     )
     serve.add_argument("--grpc-port", type=int, metavar="N", help="gRPC port (default $GRPC_PORT or 8081)")
-    serve.add_argument("--http-port", type=int, metavar="N", help="HTTP port (default $HTTP_PORT, $PORT or 8080)")
+    serve.add_argument(
+        "--http-port", type=int, metavar="N", help="HTTP port (default $HTTP_PORT, $PORT or 8080)"
+    )
     serve.add_argument("--workers", type=int, metavar="N", help="processes sharing the ports (default 1)")
     serve.add_argument(
-        "--grace", type=float, metavar="SECONDS", help="on SIGTERM, wait this long for calls in flight (default 15)"
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, wait this long for calls in flight (default 15)",
     )
     serve.add_argument(
         "--reload", type=float, metavar="SECONDS", help="check the config for changes this often (default 2)"
