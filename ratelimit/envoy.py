@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,12 +200,12 @@ class DescriptorTree:
             yield depth, node.key, node.value, node.share_threshold, node.limit
             stack += [(depth + 1, child) for child in reversed(node.children.nodes.values())]
 
-    def lookup(self, entries: list[tuple[str, str]]) -> DescriptorLimit | None:
+    def lookup(self, entries: Sequence[tuple[str, str]]) -> DescriptorLimit | None:
         """The limit for a request descriptor, with the service's precedence."""
         found = self.match(entries)
         return found.limit if found is not None else None
 
-    def match(self, entries: list[tuple[str, str]]) -> DescriptorMatch | None:
+    def match(self, entries: Sequence[tuple[str, str]]) -> DescriptorMatch | None:
         """What a request descriptor matches: its limit, counter entries and stats key; None for no limit."""
         level = self.root
         last = len(entries) - 1
@@ -544,7 +544,7 @@ class DescriptorRule:
                     out.append(entries)
         return out
 
-    def charge(self, entries: list[tuple[str, str]]) -> Charge | None:
+    def charge(self, entries: Sequence[tuple[str, str]]) -> Charge | None:
         """The charge of one request descriptor, or None when no limit applies to it.
 
         Its ``counted`` is the counter's identity, keyed by domain as the service keys
@@ -553,11 +553,16 @@ class DescriptorRule:
         one counter.
         """
         found = self.tree.match(entries)
-        return None if found is None else self._charge(found)
+        return None if found is None else self.charge_of(found)
 
-    def _charge(self, found: DescriptorMatch) -> Charge:
+    def counter(self, entries: Sequence[tuple[str, str]]) -> str:
+        """The counter identity of ``entries`` in this domain (``envoy:<domain>/k=v/k=v``)."""
+        return self._prefix + "/".join(f"{k}={v}" for k, v in entries)
+
+    def charge_of(self, found: DescriptorMatch) -> Charge:
+        """The charge of a request descriptor :meth:`DescriptorTree.match` found a limit for."""
         limit = found.limit
-        counted = self._prefix + "/".join(f"{k}={v}" for k, v in found.counter_entries)
+        counted = self.counter(found.counter_entries)
         names = (limit.policy,) * len(limit.rates)
         shadow = limit.shadow or self.shadow
         return Charge(limit.label or self.name, counted, limit.rates, names, 1, shadow, limit.replaces)
@@ -575,7 +580,7 @@ class DescriptorRule:
             found = self.tree.match(entries)
             if found is None:
                 continue
-            charge = self._charge(found)
+            charge = self.charge_of(found)
             if charge.counted in charges:
                 continue
             charges[charge.counted] = charge

@@ -23,7 +23,7 @@ latency and errors, config reloads) come from :mod:`ratelimit.metrics`.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._core.decision import LimitStatus
 from ..metrics import OTHER, Metrics
@@ -52,6 +52,16 @@ class _Bounded:
         return OTHER
 
 
+class _Series(NamedTuple):
+    """One (domain, key)'s counters, labels already applied."""
+
+    total_hits: Any
+    within_limit: Any
+    near_limit: Any
+    over_limit: Any
+    shadow_mode: Any
+
+
 class ServiceMetrics:
     """The service's series; every method is a no-op when ``enabled`` is False.
 
@@ -73,6 +83,7 @@ class ServiceMetrics:
         self.engine = Metrics(registry)
         self._domains = _Bounded(100)
         self._keys = _Bounded(1000)
+        self._methods: dict[str, tuple[Any, Any]] = {}  # the gRPC methods' series (a few)
 
         def per_key(name: str, doc: str) -> Any:
             return Counter(
@@ -121,26 +132,43 @@ class ServiceMetrics:
             registry=registry,
         )
 
+    def series(self, domain: str, key: str) -> _Series | None:
+        """The per-key series of one (domain, key), labels bounded; None when disabled.
+
+        The service resolves this once per distinct descriptor and keeps it, so a call
+        pays no label lookups.
+        """
+        if not self.enabled:
+            return None
+        labels = (self._domains(domain), self._keys(key))
+        return _Series(
+            self.total_hits.labels(*labels),
+            self.within_limit.labels(*labels),
+            self.near_limit.labels(*labels),
+            self.over_limit.labels(*labels),
+            self.shadow_mode.labels(*labels),
+        )
+
     def descriptor(
-        self, domain: str, key: str, hits: int, status: LimitStatus, shadow: bool, fallback: bool
+        self, series: _Series | None, hits: int, status: LimitStatus, shadow: bool, fallback: bool
     ) -> None:
         """Count one counted descriptor's hits, as the Go service's per-key stats do."""
-        if not self.enabled:
+        if series is None:
             return
-        labels = (self._domains(domain), self._keys(key))
-        self.total_hits.labels(*labels).inc(hits)
+        series.total_hits.inc(hits)
         if fallback:
             return  # the failure policy answered: no counter to judge nearness by
         limit = status.rate.limit
         if not status.allowed:
-            self.over_limit.labels(*labels).inc(hits)
+            series.over_limit.inc(hits)
             if shadow:
-                self.shadow_mode.labels(*labels).inc(hits)
+                series.shadow_mode.inc(hits)
             return
-        self.within_limit.labels(*labels).inc(hits)
+        series.within_limit.inc(hits)
         used = limit - status.remaining
-        if used > int(limit * self.ratio):
-            self.near_limit.labels(*labels).inc(min(hits, used - int(limit * self.ratio)))
+        near = int(limit * self.ratio)
+        if used > near:
+            series.near_limit.inc(min(hits, used - near))
 
     def decision(self, rule: str, result: str) -> None:
         """One descriptor's decision in ``ratelimit_decisions_total{adapter="serve"}``."""
@@ -155,8 +183,11 @@ class ServiceMetrics:
     def response_time(self, seconds: float, method: str = "ShouldRateLimit") -> None:
         """One call and how long it took."""
         if self.enabled:
-            self.requests.labels(method).inc()
-            self.latency.labels(method).observe(seconds)
+            pair = self._methods.get(method)
+            if pair is None:
+                pair = self._methods[method] = (self.requests.labels(method), self.latency.labels(method))
+            pair[0].inc()
+            pair[1].observe(seconds)
 
     def global_shadow(self) -> None:
         """A request over a limit let through by SHADOW_MODE."""

@@ -41,28 +41,72 @@ class BadRequest(ValueError):
     """The request cannot be answered (INVALID_ARGUMENT on gRPC, 400 on /json)."""
 
 
-@dataclass
 class _Slot:
     """One request descriptor on its way through a decision."""
 
-    entries: list[tuple[str, str]]
-    cost: int
-    limit: DescriptorLimit | None = None  # the config's (or the request's override) limit
-    rate: Rate | None = None
-    counted: str | None = None
-    shadow: bool = False
-    quota: bool = False
-    unlimited: bool = False
-    item: int = -1  # index of its limit in the enforcing or shadow decision
-    metric_key: str = ""
+    __slots__ = (
+        "cost",
+        "counted",
+        "entries",
+        "item",
+        "limit",
+        "metric",
+        "metric_key",
+        "quota",
+        "rate",
+        "shadow",
+        "unlimited",
+    )
+
+    def __init__(self, entries: Sequence[tuple[str, str]], cost: int) -> None:
+        self.entries = entries
+        self.cost = cost
+        self.limit: DescriptorLimit | None = None  # the config's (or the request's override) limit
+        self.rate: Rate | None = None
+        self.counted: str | None = None
+        self.shadow = False
+        self.quota = False
+        self.unlimited = False
+        self.item = -1  # index of its limit in the enforcing or shadow decision
+        self.metric_key = ""
+        self.metric: Any = None  # the per-key metric series (ServiceMetrics.series)
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """What a request descriptor resolves to in one domain: the same for every request that sends it."""
+
+    limit: DescriptorLimit
+    quota: bool
+    metric_key: str
+    metric: Any
+    unlimited: bool
+    rate: Rate | None
+    counted: str | None
+    shadow: bool
+
+    def slot(self, entries: Sequence[tuple[str, str]], cost: int) -> _Slot:
+        s = _Slot(entries, cost)
+        s.limit, s.quota, s.metric_key, s.metric = self.limit, self.quota, self.metric_key, self.metric
+        s.unlimited, s.rate, s.counted, s.shadow = self.unlimited, self.rate, self.counted, self.shadow
+        return s
+
+
+_CACHE_SIZE = 16384  # distinct descriptors remembered per rule set (then the memo starts over)
 
 
 class _Domains:
-    """The envoy domains of one rule set, by name (rebuilt when a reload swaps the rule set)."""
+    """The envoy domains of one rule set, by name (rebuilt when a reload swaps the rule set).
+
+    ``resolved`` remembers what each distinct (domain, descriptor) resolved to: the tree
+    walk, the counter key and the metric series are worked out once per descriptor, not
+    per call. A reload builds a new ``_Domains``, so nothing outlives the rules it came from.
+    """
 
     def __init__(self, ruleset: RuleSet | None) -> None:
         self.ruleset = ruleset
         self.rules: dict[str, DescriptorRule] = {}
+        self.resolved: dict[tuple[str, tuple[tuple[str, str], ...]], _Resolved | None] = {}
         for rule in ruleset.rules if ruleset is not None else ():
             if isinstance(rule, DescriptorRule):
                 self.rules.setdefault(rule.tree.domain, rule)  # one domain's counters are shared anyway
@@ -92,10 +136,13 @@ class RateLimitCore:
 
     def domains(self) -> dict[str, DescriptorRule]:
         """The envoy domains in force now, by name."""
+        return self._current().rules
+
+    def _current(self) -> _Domains:
         domains = self._domains
         if domains.ruleset is not self.limiter.ruleset:
             domains = self._domains = _Domains(self.limiter.ruleset)
-        return domains.rules
+        return domains
 
     async def should_rate_limit(self, request: Any) -> Any:
         """The RateLimitResponse for a RateLimitRequest.
@@ -117,10 +164,12 @@ class RateLimitCore:
             raise BadRequest("rate limit domain must not be empty")
         if not request.descriptors:
             raise BadRequest("rate limit descriptor list must not be empty")
-        rule = self.domains().get(request.domain)
+        domains = self._current()
+        rule = domains.rules.get(request.domain)
         if rule is None:
             self.metrics.unknown_domain(request.domain)
-        slots = [self._slot(request, i, d, rule) for i, d in enumerate(request.descriptors)]
+        hits = max(1, int(request.hits_addend))
+        slots = [self._slot(domains, hits, i, d, rule) for i, d in enumerate(request.descriptors)]
         self._apply_replaces(slots)
         enforcing, shadows = self._items(slots)
         decision = await self._decide(enforcing)
@@ -131,35 +180,41 @@ class RateLimitCore:
 
     # -- request -> charges ------------------------------------------------------------
 
-    def _slot(self, request: Any, index: int, descriptor: Any, rule: DescriptorRule | None) -> _Slot:
-        entries = [(e.key, e.value) for e in descriptor.entries]
-        if descriptor.HasField("hits_addend"):
-            cost = int(descriptor.hits_addend.value)  # 0: look without counting
-        else:
-            cost = max(1, int(request.hits_addend))
-        slot = _Slot(entries, cost)
+    def _slot(
+        self, domains: _Domains, hits: int, index: int, descriptor: Any, rule: DescriptorRule | None
+    ) -> _Slot:
+        entries = tuple([(e.key, e.value) for e in descriptor.entries])
+        # A descriptor's own hits_addend wins (0: look without counting), else the request's.
+        cost = int(descriptor.hits_addend.value) if descriptor.HasField("hits_addend") else hits
         if rule is None:
-            return slot
+            return _Slot(entries, cost)
         if descriptor.HasField("limit"):
-            return self._override(slot, index, descriptor.limit, rule)
-        match = getattr(rule.tree, "match", None)  # the tree's stats key, where envoy.py gives one
-        found = match(entries) if match is not None else None
-        limit = found.limit if found is not None else rule.tree.lookup(entries)
-        if limit is None:
-            return slot
-        slot.limit = limit
-        slot.quota = self.settings.quota or bool(getattr(limit, "quota_mode", False))
-        slot.metric_key = _key_label(rule, found.stats_key if found is not None else limit.policy)
+            return self._override(_Slot(entries, cost), index, descriptor.limit, rule)
+        memo = domains.resolved
+        key = (rule.tree.domain, entries)
+        try:
+            resolved = memo[key]
+        except KeyError:
+            if len(memo) >= _CACHE_SIZE:
+                memo.clear()
+            resolved = memo[key] = self._resolve(rule, entries)
+        return _Slot(entries, cost) if resolved is None else resolved.slot(entries, cost)
+
+    def _resolve(self, rule: DescriptorRule, entries: tuple[tuple[str, str], ...]) -> _Resolved | None:
+        """What ``entries`` resolve to in ``rule``'s domain (None: no limit applies)."""
+        found = rule.tree.match(entries)
+        if found is None:
+            return None
+        limit = found.limit
+        quota = self.settings.quota or limit.quota_mode
+        metric_key = _key_label(rule, found.stats_key)
+        metric = self.metrics.series(rule.tree.domain, metric_key)
         if limit.unlimited:
-            slot.unlimited = True
-            return slot
-        charge = rule.charge(entries)
-        if charge is None:  # pragma: no cover - lookup found a limit, so charge does too
-            return slot
-        slot.rate = charge.rates[0]
-        slot.counted = charge.counted
-        slot.shadow = charge.shadow
-        return slot
+            return _Resolved(limit, quota, metric_key, metric, True, None, None, False)
+        charge = rule.charge_of(found)
+        return _Resolved(
+            limit, quota, metric_key, metric, False, charge.rates[0], charge.counted, charge.shadow
+        )
 
     def _override(self, slot: _Slot, index: int, override: Any, rule: DescriptorRule) -> _Slot:
         """A limit the request brings along (Envoy's ``limit`` override); never shadow, as upstream."""
@@ -177,8 +232,9 @@ class RateLimitCore:
         slot.rate = rate
         found = rule.charge(slot.entries) if slot.entries else None
         # The descriptor's counter: the same one the config's limit counts on, when there is one.
-        slot.counted = found.counted if found is not None else _counter(rule, slot.entries)
+        slot.counted = found.counted if found is not None else rule.counter(slot.entries)
         slot.metric_key = path
+        slot.metric = self.metrics.series(rule.tree.domain, path)
         return slot
 
     @staticmethod
@@ -264,7 +320,7 @@ class RateLimitCore:
                 status.code = pb.RateLimitResponse.OVER_LIMIT
             else:
                 status.code = pb.RateLimitResponse.OK
-            self.metrics.descriptor(domain, s.metric_key, s.cost, limit_status, s.shadow, decided.fallback)
+            self.metrics.descriptor(s.metric, s.cost, limit_status, s.shadow, decided.fallback)
             self._count_decision(s, decided, exceeded)
         limited = over > 0 or (quota_total > 0 and quota_total == quota_over)
         if limited and self.settings.shadow:
@@ -336,8 +392,3 @@ def _fill(status: Any, slot: _Slot, limit_status: LimitStatus, pb: Any) -> None:
 def _key_label(rule: DescriptorRule, key: str) -> str:
     """The metrics ``key`` label: the stats key without its domain (upstream's key1.key2...)."""
     return key.removeprefix(rule.tree.domain + ".")
-
-
-def _counter(rule: DescriptorRule, entries: list[tuple[str, str]]) -> str:
-    # The key DescriptorRule.charge gives a descriptor of this domain (envoy.py keys them so).
-    return f"envoy:{rule.tree.domain}/" + "/".join(f"{k}={v}" for k, v in entries)
