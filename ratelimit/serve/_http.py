@@ -20,6 +20,7 @@ __all__ = ["HttpEndpoints"]
 log = logging.getLogger("ratelimit.serve")
 
 MAX_BODY = 1 << 20  # 1 MiB: a RateLimitRequest is a few hundred bytes
+IDLE_TIMEOUT = 30.0  # seconds a connection may wait between requests, or send one request's head or body
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             413: "Content Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
             503: "Service Unavailable"}  # fmt: skip
@@ -34,10 +35,16 @@ class HttpEndpoints:
         answer: ShouldRateLimit on a RateLimitRequest (raises BadRequest for bad input).
         healthy: whether /healthcheck answers 200.
         metrics_path: where Prometheus metrics are served (None: nowhere).
+        idle_timeout: seconds a connection may stay idle between requests, or take to
+            send one request's head or body, before it is closed.
     """
 
     def __init__(
-        self, answer: Callable[[Any], Awaitable[Any]], healthy: Callable[[], bool], metrics_path: str | None
+        self,
+        answer: Callable[[Any], Awaitable[Any]],
+        healthy: Callable[[], bool],
+        metrics_path: str | None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         from envoy.service.ratelimit.v3 import rls_pb2  # type: ignore[import-untyped]
 
@@ -45,6 +52,7 @@ class HttpEndpoints:
         self.answer = answer
         self.healthy = healthy
         self.metrics_path = metrics_path
+        self.idle_timeout = idle_timeout
         self.inflight: set[asyncio.Task[Any]] = set()
 
     async def route(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
@@ -90,8 +98,14 @@ class HttpEndpoints:
         try:
             while True:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    # An idle keep-alive connection, or a head that never ends, is closed.
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle_timeout)
+                except (
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                    ConnectionError,
+                    asyncio.TimeoutError,  # TimeoutError itself only from 3.11
+                ):
                     return
                 request_line, *lines = head.decode("latin-1").split("\r\n")
                 parts = request_line.split(" ")
@@ -118,8 +132,12 @@ class HttpEndpoints:
                     )
                     return
                 try:
-                    body = await reader.readexactly(length) if length else b""
-                except (asyncio.IncompleteReadError, ConnectionError):
+                    body = (
+                        await asyncio.wait_for(reader.readexactly(length), self.idle_timeout)
+                        if length
+                        else b""
+                    )
+                except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
                     return
                 try:
                     status, ctype, payload = await self.route(method, target, body)

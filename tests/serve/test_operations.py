@@ -384,3 +384,33 @@ def test_the_docs_table_names_every_upstream_variable() -> None:
     missing = [v for v in UPSTREAM_VARIABLES if v not in rows]
     assert not missing
     assert {rows[v] for v in UPSTREAM_VARIABLES} <= {"honoured", "mapped", "ignored"}
+
+
+async def test_http_port_closes_idle_and_unfinished_connections() -> None:
+    """A connection that sends nothing, or a head without its end, is closed after the idle timeout."""
+    import asyncio
+
+    from ratelimit.serve._http import HttpEndpoints
+
+    async def never(request: Any) -> Any:  # pragma: no cover - no request reaches it
+        raise AssertionError("no request should be answered")
+
+    endpoints = HttpEndpoints(never, lambda: True, None, idle_timeout=0.2)
+    server = await asyncio.start_server(endpoints.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for sent in (b"", b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(sent)
+            started = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server, no answer
+            assert time.monotonic() - started < 3
+            writer.close()
+        # A healthy keep-alive client is still served.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"OK"), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
