@@ -177,3 +177,28 @@ def redis_version(url: str) -> str | None:
         return None
     finally:
         client.close()
+
+
+class RedisProbe:
+    """Commands (``INFO commandstats``, the benchmark's own INFO excluded) and CPU of one Redis."""
+
+    def __init__(self, url: str, flush: bool) -> None:
+        self.url = url
+        self.flush = flush
+        self.client = redis.Redis.from_url(url, socket_timeout=10.0)
+        self.commands = CommandStats(url)
+
+    def reset(self) -> None:
+        """Empty the private Redis between runs (never a Redis given with --redis-url)."""
+        if self.flush:
+            self.client.flushall()
+
+    def snapshot(self) -> tuple[int, int, float]:
+        """(commands, script calls, CPU seconds) so far."""
+        counts = self.commands.snapshot()
+        cpu = self.client.info("cpu")
+        return counts.total, counts.scripts, float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+    def close(self) -> None:
+        self.client.close()
+        self.commands.close()

@@ -48,7 +48,7 @@ for _p in (str(_ROOT), str(_HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from _redis import CommandStats, redis_server, redis_version  # noqa: E402
+from _redis import RedisProbe, redis_server, redis_version  # noqa: E402
 
 LOAD = _HERE / "_servers" / "rls_load.py"
 EMPTY = "grpc.aio-empty"  # the reference row: the same server stack answering without deciding
@@ -202,23 +202,6 @@ def wait_ready(server: Serve, timeout: float = 30.0) -> None:
 
 
 # -------------------------------------------------------------------------- redis
-
-
-class RedisProbe:
-    def __init__(self, url: str) -> None:
-        import redis
-
-        self.client = redis.Redis.from_url(url, socket_timeout=10.0)
-        self.commands = CommandStats(url)
-
-    def snapshot(self) -> tuple[int, int, float]:
-        counts = self.commands.snapshot()
-        cpu = self.client.info("cpu")
-        return counts.total, counts.scripts, float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
-
-    def close(self) -> None:
-        self.client.close()
-        self.commands.close()
 
 
 def capture_script_call(url: str, server: Serve) -> list[str]:
@@ -462,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (config_dir / "bench.yaml").write_text(UPSTREAM_CONFIG)
         limits = work / "limits.yaml"
         limits.write_text(limits_file(config_dir, url))
-        probe = RedisProbe(url)
+        probe = RedisProbe(url, flush=False)
         rows: dict[tuple[str, int], Row] = {}
         kinds = ["serve"] + ([] if args.no_inapp else ["in-app"]) + ([] if args.no_empty else [EMPTY])
         plan = [(k, d) for d in args.descriptor_counts for k in kinds]

@@ -49,7 +49,7 @@ for _p in (str(_ROOT), str(_HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from _redis import CommandStats, redis_server, redis_server_binary, redis_version  # noqa: E402
+from _redis import RedisProbe, redis_server, redis_server_binary, redis_version  # noqa: E402
 from _servers.common import ITEMS_PATH, STATS_PATH, SUBJECT_HEADER, TIER_HEADER, tiers_config  # noqa: E402
 
 FAMILIES = ("asgi", "wsgi", "grpc")
@@ -499,36 +499,6 @@ def free_port() -> int:
 def http_get_json(url: str, timeout: float = 5.0) -> dict[str, Any]:
     with _NO_PROXY.open(url, timeout=timeout) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
-
-
-# --------------------------------------------------------------------------- redis
-
-
-class RedisProbe:
-    """Commands (``INFO commandstats``, the benchmark's own INFO excluded) and CPU of one Redis."""
-
-    def __init__(self, url: str, flush: bool) -> None:
-        import redis
-
-        self.url = url
-        self.flush = flush
-        self.client = redis.Redis.from_url(url, socket_timeout=10.0)
-        self.commands = CommandStats(url)
-
-    def reset(self) -> None:
-        """Empty the private Redis between runs (never a Redis given with --redis-url)."""
-        if self.flush:
-            self.client.flushall()
-
-    def snapshot(self) -> tuple[int, int, float]:
-        """(commands, script calls, CPU seconds) so far."""
-        counts = self.commands.snapshot()
-        cpu = self.client.info("cpu")
-        return counts.total, counts.scripts, float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
-
-    def close(self) -> None:
-        self.client.close()
-        self.commands.close()
 
 
 # --------------------------------------------------------------------- run records
