@@ -124,6 +124,16 @@ PROBE = obj(
     **one_of_keys("exec", "httpGet", "tcpSocket", "grpc"),
 )
 
+LIFECYCLE_HANDLER = obj(
+    {
+        "exec": obj({"command": array(STR, 1)}, ("command",)),
+        "httpGet": PROBE["properties"]["httpGet"],
+        "tcpSocket": PROBE["properties"]["tcpSocket"],
+        "sleep": obj({"seconds": POSITIVE}, ("seconds",)),
+    },
+    **one_of_keys("exec", "httpGet", "tcpSocket", "sleep"),
+)
+
 KEY_REF = obj({"name": STR, "key": STR, "optional": BOOL}, ("key",))
 ENV_VAR = obj(
     {
@@ -183,6 +193,8 @@ CONTAINER = obj(
         "readinessProbe": PROBE,
         "livenessProbe": PROBE,
         "startupProbe": PROBE,
+        "lifecycle": obj({"preStop": LIFECYCLE_HANDLER, "postStart": LIFECYCLE_HANDLER}),
+        "terminationMessagePolicy": {"enum": ["File", "FallbackToLogsOnError"]},
         "securityContext": obj(
             {
                 "allowPrivilegeEscalation": BOOL,
@@ -431,6 +443,115 @@ AUTHORIZATION_POLICY_SPEC = obj(
     **ONE_TARGETING,
 )
 
+# EnvoyFilter: the match side is modelled field by field; a patch's value is Envoy's own
+# config (any xDS message), left open.
+ENVOY_FILTER_MATCH = obj(
+    {
+        "context": {"enum": ["ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"]},
+        "proxy": obj({"proxyVersion": STR, "metadata": STRING_MAP}),
+        "listener": obj(
+            {
+                "portNumber": PORT_NUMBER,
+                "name": STR,
+                "listenerFilter": STR,
+                "filterChain": obj(
+                    {
+                        "name": STR,
+                        "sni": STR,
+                        "transportProtocol": STR,
+                        "applicationProtocols": STR,
+                        "destinationPort": PORT_NUMBER,
+                        "filter": obj({"name": STR, "subFilter": obj({"name": STR})}),
+                    }
+                ),
+            }
+        ),
+        "routeConfiguration": obj(
+            {
+                "portNumber": PORT_NUMBER,
+                "portName": STR,
+                "gateway": STR,
+                "name": STR,
+                "vhost": obj(
+                    {
+                        "name": STR,
+                        "domainName": STR,
+                        "route": obj(
+                            {"name": STR, "action": {"enum": ["ANY", "ROUTE", "REDIRECT", "DIRECT_RESPONSE"]}}
+                        ),
+                    }
+                ),
+            }
+        ),
+        "cluster": obj({"portNumber": PORT_NUMBER, "service": STR, "subset": STR, "name": STR}),
+    },
+    **{
+        "not": {
+            "anyOf": [
+                {"required": a}
+                for a in (
+                    ["listener", "routeConfiguration"],
+                    ["listener", "cluster"],
+                    ["routeConfiguration", "cluster"],
+                )
+            ]
+        }
+    },
+)
+ENVOY_FILTER_SPEC = obj(
+    {
+        "workloadSelector": obj({"labels": LABELS}),
+        "targetRefs": array(TARGET_REF, 1),
+        "priority": {"type": "integer"},
+        "configPatches": array(
+            obj(
+                {
+                    "applyTo": {
+                        "enum": [
+                            "INVALID",
+                            "LISTENER",
+                            "FILTER_CHAIN",
+                            "NETWORK_FILTER",
+                            "HTTP_FILTER",
+                            "ROUTE_CONFIGURATION",
+                            "VIRTUAL_HOST",
+                            "HTTP_ROUTE",
+                            "CLUSTER",
+                            "EXTENSION_CONFIG",
+                            "BOOTSTRAP",
+                            "LISTENER_FILTER",
+                        ]
+                    },
+                    "match": ENVOY_FILTER_MATCH,
+                    "patch": obj(
+                        {
+                            "operation": {
+                                "enum": [
+                                    "INVALID",
+                                    "MERGE",
+                                    "ADD",
+                                    "REMOVE",
+                                    "INSERT_BEFORE",
+                                    "INSERT_AFTER",
+                                    "INSERT_FIRST",
+                                    "REPLACE",
+                                ]
+                            },
+                            "value": {"type": "object"},
+                            "filterClass": {"enum": ["UNSPECIFIED", "AUTHN", "AUTHZ", "STATS"]},
+                        },
+                        ("operation",),
+                    ),
+                },
+                ("applyTo", "patch"),
+            ),
+            1,
+        ),
+    },
+    ("configPatches",),
+    **{"not": {"required": ["workloadSelector", "targetRefs"]}},
+)
+
 KUSTOMIZATION = obj(
     {
         "apiVersion": {"const": "kustomize.config.k8s.io/v1beta1"},
@@ -466,6 +587,9 @@ SCHEMAS: dict[tuple[str, str], Schema] = {
     ),
     ("security.istio.io/v1", "AuthorizationPolicy"): resource(
         "security.istio.io/v1", "AuthorizationPolicy", spec=AUTHORIZATION_POLICY_SPEC
+    ),
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"): resource(
+        "networking.istio.io/v1alpha3", "EnvoyFilter", spec=ENVOY_FILTER_SPEC
     ),
     ("kustomize.config.k8s.io/v1beta1", "Kustomization"): KUSTOMIZATION,
 }
