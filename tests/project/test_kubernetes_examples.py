@@ -8,6 +8,8 @@ import importlib.util
 import os
 import posixpath
 import re
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +25,19 @@ from support.k8s_schemas import SCHEMAS
 
 from ratelimit import Limiter
 from ratelimit.config import ConfigError, load_config
+from ratelimit.envoy import DescriptorRule
 from ratelimit.testing import FakeClock
 
 KUBE = Path(__file__).resolve().parents[2] / "examples" / "kubernetes"
 KUSTOMIZATION = "kustomization.yaml"
 CONFIG_ENV = "RATELIMIT_CONFIG"
+# The ingress gateway's namespace, where its EnvoyFilters live (a workloadSelector selects
+# pods of its own namespace only), and the identity the ratelimit service admits.
+GATEWAY_NAMESPACE = "istio-system"
+GATEWAY_PRINCIPALS = {"cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"}
+# outbound|<port>|<subset>|<service FQDN>: the cluster istiod builds for a Service port.
+OUTBOUND_CLUSTER = re.compile(r"outbound\|(\d+)\|([^|]*)\|([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local")
+SERVE_DEFAULTS = {"--grpc-port": "8081", "--http-port": "8080", "--grace": "15", "--workers": "1"}
 
 
 @dataclass
@@ -110,11 +120,9 @@ def consistency_problems(manifests: list[Manifest]) -> list[str]:
     if waypoint is None or waypoint["spec"]["gatewayClassName"] != "istio-waypoint":
         out.append(f"{namespace}: istio.io/use-waypoint names no istio-waypoint Gateway")
     for m in manifests:
-        if (
-            m.kind not in ("Namespace", "Kustomization")
-            and m.obj["metadata"].get("namespace") != namespace.name
-        ):
-            out.append(f"{m}: not in namespace {namespace.name}")
+        wanted = GATEWAY_NAMESPACE if m.kind == "EnvoyFilter" else namespace.name
+        if m.kind not in ("Namespace", "Kustomization") and m.obj["metadata"].get("namespace") != wanted:
+            out.append(f"{m}: not in namespace {wanted}")
 
     for m in of.get("Deployment", []):
         if not selects(m.obj["spec"]["selector"].get("matchLabels", {}), pod_labels(m.obj)):
@@ -122,6 +130,7 @@ def consistency_problems(manifests: list[Manifest]) -> list[str]:
         account = m.obj["spec"]["template"]["spec"].get("serviceAccountName")
         if account and ("ServiceAccount", account) not in named:
             out.append(f"{m}: serviceAccountName {account} is not defined")
+        out += probe_problems(m)
 
     for m in of.get("Service", []):
         pods = [d for d in deployments if selects(m.obj["spec"].get("selector", {}), pod_labels(d))]
@@ -146,6 +155,8 @@ def consistency_problems(manifests: list[Manifest]) -> list[str]:
             for source in rule.get("from", []):
                 for principal in source["source"].get("principals", []):
                     sa = re.fullmatch(r"[^/]+/ns/([^/]+)/sa/([^/]+)", principal)
+                    if principal in GATEWAY_PRINCIPALS:
+                        continue
                     if not sa or sa[1] != namespace.name or sa[2] not in accounts:
                         out.append(f"{m}: principal {principal} is no service account here")
 
@@ -154,40 +165,89 @@ def consistency_problems(manifests: list[Manifest]) -> list[str]:
         out.append(f"no Deployment sets {CONFIG_ENV}")
     for m in apps:
         out += app_problems(m, named, deployments, of.get("RequestAuthentication", []))
+    servers = [m for m in of.get("Deployment", []) if serve_args(m.obj) is not None]
+    for m in servers:
+        out += serve_problems(m, named, deployments, apps)
+    for m in of.get("EnvoyFilter", []):
+        out += envoy_filter_problems(m, of["EnvoyFilter"], named, servers)
 
+    # The kustomization applies everything of the example's namespace; a file of objects
+    # elsewhere (the gateway's EnvoyFilters) must stay out, or `namespace:` would move them.
     (kustomization,) = of["Kustomization"]
     listed = set(kustomization.obj.get("resources", []))
-    files = {x.file for x in manifests} - {KUSTOMIZATION}
+    elsewhere = {x.file for x in of.get("EnvoyFilter", [])}
+    files = {x.file for x in manifests} - {KUSTOMIZATION} - elsewhere
     if listed != files:
         out.append(f"{kustomization}: lists {sorted(listed)}, the manifests are {sorted(files)}")
     return out
 
 
-def app_problems(
-    app: Manifest, named: dict[tuple[str, str], Any], deployments: list[Any], auths: list[Manifest]
-) -> list[str]:
-    """The rate-limited app's wiring: its config mount, its Redis, its claim headers."""
+def probe_problems(deployment: Manifest) -> list[str]:
+    """Every probe hits a port its container declares (by name or number)."""
     out = []
-    env = env_of(app.obj)
-    config_dir, config_key = posixpath.split(env[CONFIG_ENV])
-    pod = app.obj["spec"]["template"]["spec"]
+    for c in containers(deployment.obj):
+        declared = [p["containerPort"] for p in c.get("ports", [])] + [
+            p.get("name") for p in c.get("ports", [])
+        ]
+        for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+            probe = c.get(kind, {})
+            for handler in ("httpGet", "tcpSocket", "grpc"):
+                if handler in probe and probe[handler]["port"] not in declared:
+                    out.append(
+                        f"{deployment}: {kind} port {probe[handler]['port']} is no port of {c['name']}"
+                    )
+    return out
+
+
+def serve_args(deployment: dict[str, Any]) -> dict[str, str] | None:
+    """The config path and flags of a container running ``ratelimit serve``, else None."""
+    for c in containers(deployment):
+        argv = [*c.get("command", []), *c.get("args", [])]
+        if argv[:2] == ["ratelimit", "serve"] or argv[1:4] == ["-m", "ratelimit", "serve"]:
+            rest = argv[argv.index("serve") + 1 :]
+            found = dict(SERVE_DEFAULTS)
+            positional = []
+            while rest:
+                arg = rest.pop(0)
+                if arg.startswith("--"):
+                    found[arg] = rest.pop(0) if rest else ""
+                else:
+                    positional.append(arg)
+            found["config"] = positional[0] if positional else ""
+            return found
+    return None
+
+
+def config_source(
+    deployment: Manifest, config_path: str, named: dict[tuple[str, str], Any], label: str = ""
+) -> tuple[list[str], str | None, str]:
+    """Problems with how ``config_path`` (``label``) reaches the pod, its ConfigMap and key."""
+    out = []
+    config_dir, config_key = posixpath.split(config_path)
+    pod = deployment.obj["spec"]["template"]["spec"]
     mounts = [v for c in pod["containers"] for v in c.get("volumeMounts", [])]
     mount = next((v for v in mounts if v["mountPath"].rstrip("/") == config_dir), None)
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
-    config_map = None
     if mount is None:
-        out.append(f"{app}: nothing is mounted at {config_dir}, the directory of {CONFIG_ENV}")
-    else:
-        if "subPath" in mount or "subPathExpr" in mount:
-            out.append(f"{app}: the config is mounted with subPath, which never receives updates")
-        source = volumes.get(mount["name"], {}).get("configMap", {}).get("name", "")
-        config_map = named.get(("ConfigMap", source))
-        if config_map is None:
-            out.append(f"{app}: the volume at {config_dir} is no ConfigMap of the example")
-        elif config_key not in config_map.get("data", {}):
-            out.append(f"{app}: ConfigMap {source} has no key {config_key}")
+        problem = f"{deployment}: nothing is mounted at {config_dir}, the directory of {label or config_path}"
+        return [problem], None, config_key
+    if "subPath" in mount or "subPathExpr" in mount:
+        out.append(f"{deployment}: the config is mounted with subPath, which never receives updates")
+    source = volumes.get(mount["name"], {}).get("configMap", {}).get("name", "")
+    config_map = named.get(("ConfigMap", source))
+    if config_map is None:
+        out.append(f"{deployment}: the volume at {config_dir} is no ConfigMap of the example")
+        return out, None, config_key
+    if config_key not in config_map.get("data", {}):
+        out.append(f"{deployment}: ConfigMap {source} has no key {config_key}")
+    return out, source, config_key
 
-    url = urlsplit(env.get("REDIS_URL", ""))
+
+def redis_problems(
+    deployment: Manifest, named: dict[tuple[str, str], Any], deployments: list[Any]
+) -> list[str]:
+    """REDIS_URL names the example's redis Service, on a port it serves."""
+    url = urlsplit(env_of(deployment.obj).get("REDIS_URL", ""))
     host = (url.hostname or "").split(".")
     service = named.get(("Service", host[0]))
     redis_pods = [
@@ -201,9 +261,137 @@ def app_problems(
     if (
         not redis_pods
         or (url.port or 6379) not in ports
-        or host[1:2] not in ([], [app.obj["metadata"]["namespace"]])
+        or host[1:2] not in ([], [deployment.obj["metadata"]["namespace"]])
     ):
-        out.append(f"{app}: REDIS_URL {url.geturl()} is not the redis Service's name and port")
+        return [f"{deployment}: REDIS_URL {url.geturl()} is not the redis Service's name and port"]
+    return []
+
+
+def serve_problems(
+    server: Manifest, named: dict[tuple[str, str], Any], deployments: list[Any], apps: list[Manifest]
+) -> list[str]:
+    """The ratelimit service's wiring: the app's config and Redis, its ports, its shutdown."""
+    args = serve_args(server.obj)
+    assert args is not None
+    out, config_map, key = config_source(server, args["config"], named)
+    for app in apps:
+        _, app_map, app_key = config_source(app, env_of(app.obj)[CONFIG_ENV], named)
+        if (config_map, key) != (app_map, app_key):
+            out.append(
+                f"{server}: serves ConfigMap {config_map} key {key}, the app reads {app_map} key {app_key}"
+            )
+    out += redis_problems(server, named, deployments)
+
+    pod = server.obj["spec"]["template"]["spec"]
+    (container,) = [c for c in pod["containers"] if "serve" in c.get("command", []) + c.get("args", [])]
+    numbers = {p["containerPort"] for p in container.get("ports", [])}
+    for flag in ("--grpc-port", "--http-port"):
+        if int(args[flag]) not in numbers:
+            out.append(f"{server}: {flag} {args[flag]} is no containerPort")
+    stop = container.get("lifecycle", {}).get("preStop", {})
+    pause = stop.get("sleep", {}).get("seconds", 0)
+    command = stop.get("exec", {}).get("command", [])
+    if command[:1] == ["sleep"]:
+        pause = int(command[1])
+    grace = float(args["--grace"])
+    if pod.get("terminationGracePeriodSeconds", 30) <= pause + grace:
+        out.append(
+            f"{server}: terminationGracePeriodSeconds {pod.get('terminationGracePeriodSeconds', 30)}"
+            f" is not above the preStop pause ({pause} s) plus --grace ({grace:g} s)"
+        )
+    for app in apps:
+        if pod.get("securityContext") != app.obj["spec"]["template"]["spec"].get("securityContext"):
+            out.append(f"{server}: the pod's securityContext differs from {app.name}'s")
+        (app_container,) = containers(app.obj)
+        if container.get("securityContext") != app_container.get("securityContext"):
+            out.append(f"{server}: the container's securityContext differs from {app.name}'s")
+    return out
+
+
+def envoy_filter_problems(
+    envoy_filter: Manifest,
+    filters: list[Manifest],
+    named: dict[tuple[str, str], Any],
+    servers: list[Manifest],
+) -> list[str]:
+    """The gateway's filter calls the ratelimit Service's gRPC port, with a domain it serves.
+
+    The first key of every descriptor the gateway's routes send (``rate_limits`` actions of
+    any EnvoyFilter) must be a top-level key of that domain, or no limit ever applies.
+    """
+    out = []
+    first_keys = {
+        body["descriptor_key"]
+        for f in filters
+        for patch in f.obj["spec"]["configPatches"]
+        for limits in patch["patch"].get("value", {}).get("rate_limits", [])
+        for body in limits["actions"][0].values()
+        if "descriptor_key" in body
+    }
+    for patch in envoy_filter.obj["spec"]["configPatches"]:
+        value = patch["patch"].get("value", {})
+        config = value.get("typed_config", {})
+        if value.get("name") != "envoy.filters.http.ratelimit":
+            continue
+        grpc_service = config["rate_limit_service"]["grpc_service"]["envoy_grpc"]
+        cluster = OUTBOUND_CLUSTER.fullmatch(grpc_service["cluster_name"])
+        if cluster is None:
+            out.append(f"{envoy_filter}: cluster_name {grpc_service['cluster_name']} is no outbound cluster")
+            continue
+        port, _, name, namespace = int(cluster[1]), cluster[2], cluster[3], cluster[4]
+        host = f"{name}.{namespace}.svc.cluster.local"
+        if grpc_service.get("authority", host) != host:
+            out.append(f"{envoy_filter}: authority {grpc_service['authority']} is not {host}")
+        service = named.get(("Service", name))
+        if service is None or service["metadata"]["namespace"] != namespace:
+            out.append(f"{envoy_filter}: cluster_name names no Service {name} in namespace {namespace}")
+            continue
+        (service_port,) = [p for p in service["spec"]["ports"] if p["port"] == port] or [None]
+        if service_port is None:
+            out.append(f"{envoy_filter}: cluster_name names port {port}, which Service {name} lacks")
+            continue
+        if service_port.get("appProtocol") != "grpc" and not str(service_port.get("name", "")).startswith(
+            "grpc"
+        ):
+            out.append(f"{envoy_filter}: port {port} of Service {name} is not declared gRPC (HTTP/2)")
+        backends = [s for s in servers if selects(service["spec"].get("selector", {}), pod_labels(s.obj))]
+        if not backends:
+            out.append(f"{envoy_filter}: Service {name} selects no pod running ratelimit serve")
+        for s in backends:
+            args = serve_args(s.obj)
+            assert args is not None
+            target = service_port.get("targetPort", port)
+            by_name = {
+                p.get("name"): p["containerPort"] for c in containers(s.obj) for p in c.get("ports", [])
+            }
+            if by_name.get(target, target) != int(args["--grpc-port"]):
+                out.append(
+                    f"{envoy_filter}: port {port} of Service {name} does not reach --grpc-port of {s.name}"
+                )
+            _, config_map, key = config_source(s, args["config"], named)
+            text = named.get(("ConfigMap", config_map or ""), {}).get("data", {}).get(key, "")
+            domains = {e.get("domain"): e for e in (yaml.safe_load(text) or {}).get("envoy", [])}
+            if config["domain"] not in domains:
+                out.append(
+                    f"{envoy_filter}: domain {config['domain']} is no envoy domain of {s.name}'s config"
+                )
+                continue
+            keys = {d["key"] for d in domains[config["domain"]].get("descriptors", [])}
+            if first_keys - keys:
+                out.append(
+                    f"{envoy_filter}: the gateway sends descriptor keys {sorted(first_keys - keys)},"
+                    f" which domain {config['domain']} has not"
+                )
+    return out
+
+
+def app_problems(
+    app: Manifest, named: dict[tuple[str, str], Any], deployments: list[Any], auths: list[Manifest]
+) -> list[str]:
+    """The rate-limited app's wiring: its config mount, its Redis, its claim headers."""
+    out, source, config_key = config_source(app, env_of(app.obj)[CONFIG_ENV], named, CONFIG_ENV)
+    config_map = named.get(("ConfigMap", source or ""))
+    out += redis_problems(app, named, deployments)
 
     if config_map is not None and config_key in config_map.get("data", {}):
         identity = yaml.safe_load(config_map["data"][config_key]).get("identity", {})
@@ -239,6 +427,8 @@ def test_every_manifest_file_parses() -> None:
         "redis.yaml",
         "limits-configmap.yaml",
         "app.yaml",
+        "ratelimit-service.yaml",
+        "envoyfilter-ingress.yaml",
         KUSTOMIZATION,
     }
     assert all(m.obj.get("kind") for m in MANIFESTS)
@@ -270,8 +460,21 @@ def test_limits_config_passes_validation(tmp_path: Path, monkeypatch: pytest.Mon
     path.write_text(text)
     config = load_config(path)
     assert config.limiter_options["storage"] == env_of(app)["REDIS_URL"]
-    assert [r.name for r in config.ruleset.rules] == ["api-per-user", "login", "search-shadow", "cart-grpc"]
+    assert [r.name for r in config.ruleset.rules] == [
+        "api-per-user",
+        "login",
+        "search-shadow",
+        "cart-grpc",
+        "envoy-ratelimit",
+    ]
     assert config.ruleset.trusted_proxies == 1
+    # The gateway's domain: the one its EnvoyFilter names, keyed by the descriptor it sends,
+    # and never charged by the app (every request the gateway counted reaches the app next).
+    (domain,) = [r for r in config.ruleset.rules if isinstance(r, DescriptorRule)]
+    assert domain.tree.domain == gateway_filter()["domain"]
+    assert domain.descriptors == []
+    assert domain.charge([("PATH", "/login")]) is not None
+    assert domain.charge([("PATH", "/api/items")]) is not None
 
 
 def test_limits_config_validation_catches_a_typo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -282,6 +485,43 @@ def test_limits_config_validation_catches_a_typo(tmp_path: Path, monkeypatch: py
     path.write_text(text.replace("claim_headers:", "claim_header:"))
     with pytest.raises(ConfigError, match="unknown key 'claim_header'"):
         load_config(path)
+
+
+def gateway_filter() -> dict[str, Any]:
+    """The typed_config of the ingress gateway's rate limit filter (envoyfilter-ingress.yaml)."""
+    (config,) = [
+        patch["patch"]["value"]["typed_config"]
+        for m in MANIFESTS
+        if m.kind == "EnvoyFilter"
+        for patch in m.obj["spec"]["configPatches"]
+        if patch["patch"].get("value", {}).get("name") == "envoy.filters.http.ratelimit"
+    ]
+    return config
+
+
+def gateway_rate_limits() -> list[dict[str, Any]]:
+    """The ``rate_limits`` the gateway's routes get (the descriptors it sends)."""
+    (limits,) = [
+        patch["patch"]["value"]["rate_limits"]
+        for m in MANIFESTS
+        if m.kind == "EnvoyFilter"
+        for patch in m.obj["spec"]["configPatches"]
+        if "rate_limits" in patch["patch"].get("value", {})
+    ]
+    return limits
+
+
+def test_envoy_filter_is_the_istio_tasks_but_for_the_namespace() -> None:
+    """The gateway's filter is Istio's rate-limit task's, the Service's namespace aside."""
+    config = gateway_filter()
+    grpc_service = config["rate_limit_service"]["grpc_service"]["envoy_grpc"]
+    assert grpc_service["cluster_name"] == "outbound|8081||ratelimit.shop.svc.cluster.local"
+    assert grpc_service["authority"] == "ratelimit.shop.svc.cluster.local"
+    assert (config["domain"], config["failure_mode_deny"], config["timeout"]) == ("ratelimit", True, "10s")
+    assert config["rate_limit_service"]["transport_api_version"] == "V3"
+    assert gateway_rate_limits() == [
+        {"actions": [{"request_headers": {"header_name": ":path", "descriptor_key": "PATH"}}]}
+    ]
 
 
 def test_app_compiles() -> None:
@@ -301,6 +541,13 @@ def test_dockerfile_matches_the_deployment() -> None:
     assert int(user[1]) == app["spec"]["template"]["spec"]["securityContext"]["runAsUser"] != 0
     (port,) = [p["containerPort"] for c in containers(app) for p in c["ports"]]
     assert f'"--port", "{port}"' in text
+    # The ratelimit service runs the same image, whose requirements bring `ratelimit serve`.
+    server = find(MANIFESTS, "Deployment", "ratelimit")
+    assert containers(server)[0]["image"] == containers(app)[0]["image"]
+    assert "COPY app/requirements.txt" in text
+    requirements = (KUBE / "app" / "requirements.txt").read_text()
+    extras = re.search(r"^ambient-ratelimit\[([^\]]*)\]", requirements, re.MULTILINE)
+    assert extras is not None and "serve" in extras[1].split(",")
 
 
 def find(manifests: list[Manifest], kind: str, name: str) -> dict[str, Any]:
@@ -331,6 +578,31 @@ def config_mount(manifests: list[Manifest]) -> dict[str, Any]:
 def waypoint_only_source(manifests: list[Manifest]) -> dict[str, Any]:
     policy = find(manifests, "AuthorizationPolicy", "shop-api-only-via-waypoint")
     return policy["spec"]["rules"][0]["from"][0]["source"]
+
+
+def serve_container(manifests: list[Manifest]) -> dict[str, Any]:
+    return containers(find(manifests, "Deployment", "ratelimit"))[0]
+
+
+def set_serve_arg(manifests: list[Manifest], flag: str, value: str) -> None:
+    command = serve_container(manifests)["command"]
+    command[command.index(flag) + 1] = value
+
+
+def grpc_port(manifests: list[Manifest]) -> dict[str, Any]:
+    return find(manifests, "Service", "ratelimit")["spec"]["ports"][0]
+
+
+def filter_service(manifests: list[Manifest]) -> dict[str, Any]:
+    return find(manifests, "EnvoyFilter", "filter-ratelimit")["spec"]["configPatches"][0]["patch"]["value"][
+        "typed_config"
+    ]
+
+
+def set_limits_text(manifests: list[Manifest], old: str, new: str) -> None:
+    data = find(manifests, "ConfigMap", "shop-ratelimits")["data"]
+    assert old in data["limits.yaml"]
+    data["limits.yaml"] = data["limits.yaml"].replace(old, new)
 
 
 Mutation = Callable[[list[Manifest]], None]
@@ -404,6 +676,93 @@ BROKEN: dict[str, tuple[Mutation, str]] = {
     "object-in-other-namespace": (
         lambda ms: find(ms, "Service", "redis")["metadata"].update(namespace="default"),
         "Service/redis: not in namespace shop",
+    ),
+    "cluster-names-the-default-namespace": (
+        lambda ms: filter_service(ms)["rate_limit_service"]["grpc_service"]["envoy_grpc"].update(
+            cluster_name="outbound|8081||ratelimit.default.svc.cluster.local"
+        ),
+        "cluster_name names no Service ratelimit in namespace default",
+    ),
+    "authority-differs-from-cluster": (
+        lambda ms: filter_service(ms)["rate_limit_service"]["grpc_service"]["envoy_grpc"].update(
+            authority="ratelimit.default.svc.cluster.local"
+        ),
+        "authority ratelimit.default.svc.cluster.local is not ratelimit.shop.svc.cluster.local",
+    ),
+    "service-port-not-the-clusters": (
+        lambda ms: grpc_port(ms).update(port=9091),
+        "cluster_name names port 8081, which Service ratelimit lacks",
+    ),
+    "service-port-not-grpc": (
+        lambda ms: grpc_port(ms).update(name="tcp-ratelimit", appProtocol="tcp"),
+        "port 8081 of Service ratelimit is not declared gRPC",
+    ),
+    "service-port-reaches-the-http-port": (
+        lambda ms: grpc_port(ms).update(targetPort="http"),
+        "does not reach --grpc-port of ratelimit",
+    ),
+    "filter-names-another-domain": (
+        lambda ms: filter_service(ms).update(domain="productpage-ratelimit"),
+        "domain productpage-ratelimit is no envoy domain",
+    ),
+    "domain-lacks-the-sent-key": (
+        lambda ms: set_limits_text(ms, "- key: PATH\n", "- key: path\n"),
+        "the gateway sends descriptor keys ['PATH']",
+    ),
+    "serve-reads-another-key": (
+        # the argument after `serve` is the config file
+        lambda ms: set_serve_arg(ms, "serve", "/etc/ratelimit/config.yaml"),
+        "ConfigMap shop-ratelimits has no key config.yaml",
+    ),
+    "serve-reads-another-configmap": (
+        lambda ms: find(ms, "Deployment", "ratelimit")["spec"]["template"]["spec"]["volumes"][0][
+            "configMap"
+        ].update(name="ratelimit-config"),
+        "the volume at /etc/ratelimit is no ConfigMap of the example",
+    ),
+    "serve-redis-url-wrong-host": (
+        lambda ms: serve_container(ms)["env"][0].update(value="redis://localhost:6379/0"),
+        "Deployment/ratelimit: REDIS_URL redis://localhost:6379/0",
+    ),
+    "serve-grpc-port-not-declared": (
+        lambda ms: set_serve_arg(ms, "--grpc-port", "9081"),
+        "--grpc-port 9081 is no containerPort",
+    ),
+    "probe-on-an-undeclared-port": (
+        lambda ms: serve_container(ms)["readinessProbe"]["grpc"].update(port=9081),
+        "readinessProbe port 9081 is no port of ratelimit",
+    ),
+    "grace-above-termination-period": (
+        lambda ms: set_serve_arg(ms, "--grace", "30"),
+        "terminationGracePeriodSeconds 30 is not above the preStop pause (5 s) plus --grace (30 s)",
+    ),
+    "serve-runs-as-another-user": (
+        lambda ms: find(ms, "Deployment", "ratelimit")["spec"]["template"]["spec"]["securityContext"].update(
+            runAsUser=0
+        ),
+        "Deployment/ratelimit: the pod's securityContext differs from shop-api's",
+    ),
+    "envoyfilter-in-the-apps-namespace": (
+        lambda ms: find(ms, "EnvoyFilter", "filter-ratelimit")["metadata"].update(namespace="shop"),
+        "EnvoyFilter/filter-ratelimit: not in namespace istio-system",
+    ),
+    "kustomization-lists-the-envoyfilter": (
+        lambda ms: find(ms, "Kustomization", "")["resources"].append("envoyfilter-ingress.yaml"),
+        "kustomization.yaml#0 Kustomization: lists",
+    ),
+    "misspelled-envoyfilter-field": (
+        lambda ms: rename(
+            find(ms, "EnvoyFilter", "filter-ratelimit")["spec"]["configPatches"][0]["match"],
+            "context",
+            "contxt",
+        ),
+        "'contxt' was unexpected",
+    ),
+    "ratelimit-admits-another-namespace": (
+        lambda ms: find(ms, "AuthorizationPolicy", "ratelimit-only-from-ingress-gateway")["spec"]["rules"][0][
+            "from"
+        ][0]["source"].update(principals=["cluster.local/ns/default/sa/default"]),
+        "principal cluster.local/ns/default/sa/default",
     ),
     "principal-names-no-account": (
         lambda ms: waypoint_only_source(ms).update(principals=["cluster.local/ns/shop/sa/waypont"]),
@@ -533,3 +892,93 @@ def test_app_reloads_a_swapped_configmap(shop_api: tuple[ModuleType, Path]) -> N
             assert await hits(client, 8, grace) == [200] * 7 + [429]
 
     asyncio.run(scenario())
+
+
+def serve_helpers() -> ModuleType:
+    """tests/serve/conftest.py's server process and client helpers (skips without the serve extra)."""
+    pytest.importorskip("grpc")
+    pytest.importorskip("envoy.service.ratelimit.v3.rls_pb2_grpc")
+    path = KUBE.parents[1] / "tests" / "serve" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("kube_serve_helpers", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def own_prefix(text: str) -> str:
+    """The ConfigMap's limits.yaml under a key prefix of this test's own (Redis is shared)."""
+    assert text.count("\n  prefix: shop\n") == 1
+    return text.replace("\n  prefix: shop\n", f"\n  prefix: shop-{uuid.uuid4().hex[:10]}\n")
+
+
+def away_from_minute_edge() -> None:
+    """Start well inside a minute, so a sliding window's weighting cannot blur the counts."""
+    if time.time() % 60 > 55:
+        time.sleep(60 - time.time() % 60 + 0.1)
+
+
+def test_serve_answers_the_gateway_from_the_configmap(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ratelimit serve` on the ConfigMap's file, as ratelimit-service.yaml runs it, answers the
+    gateway's descriptors; and the app, given the gateway's action, charges the same counters."""
+    helpers = serve_helpers()
+    rls_pb2 = helpers.rls_pb2
+    key, text = config_text()
+    text = own_prefix(text)
+    path = tmp_path / key
+    path.write_text(text)
+    args = serve_args(find(MANIFESTS, "Deployment", "ratelimit"))
+    assert args is not None and posixpath.basename(args["config"]) == key
+    domain = gateway_filter()["domain"]
+    sent = gateway_rate_limits()[0]["actions"][0]["request_headers"]["descriptor_key"]
+    (entry,) = yaml.safe_load(text)["envoy"]
+    (login,) = [d for d in entry["descriptors"] if d.get("value") == "/login"]
+    limit = login["rate_limit"]["requests_per_unit"]
+
+    # The app as the pod runs it, but charging the domain with the gateway's own action.
+    moved = yaml.safe_load(text)
+    moved["envoy"][0]["rate_limits"] = gateway_rate_limits()
+    app_config = tmp_path / "app" / key
+    app_config.parent.mkdir()
+    app_config.write_text(yaml.safe_dump(moved))
+    monkeypatch.setenv(CONFIG_ENV, str(app_config))
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    spec = importlib.util.spec_from_file_location("shop_api_main_serve", KUBE / "app" / "main.py")
+    assert spec is not None and spec.loader is not None
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+
+    server = helpers.start(path, "--grace", args["--grace"], env={"REDIS_URL": redis_url})
+    try:
+        assert f"domains={domain} " in server.log, server.log
+        away_from_minute_edge()
+        OK, OVER = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
+        # The gateway's filter sends one descriptor per request: (PATH, :path).
+        first = server.ask([(sent, "/login")], domain=domain, hits=limit)
+        assert first.overall_code == OK
+        assert first.statuses[0].current_limit.requests_per_unit == limit
+        assert first.statuses[0].limit_remaining == 0
+        over = server.ask([(sent, "/login")], domain=domain)
+        assert over.overall_code == OVER
+        assert over.statuses[0].code == OVER
+        headers = {h.key.lower(): h.value for h in over.response_headers_to_add}
+        assert "retry-after" in headers and "ratelimit-policy" in headers
+        # Other paths have counters of their own; an unknown domain is let through, as upstream.
+        assert server.ask([(sent, "/api/items")], domain=domain).overall_code == OK
+        assert server.ask([(sent, "/login")], domain="productpage-ratelimit").overall_code == OK
+
+        async def the_app_sees_the_same_counter() -> list[int]:
+            async with client_of(app) as client:
+                return [
+                    (await client.post("/login")).status_code,
+                    (await client.get("/api/items", headers={"x-user-id": "ivy"})).status_code,
+                ]
+
+        assert asyncio.run(the_app_sees_the_same_counter()) == [429, 200]
+    finally:
+        server.channel.close()
+        code = server.stop()
+        app.limiter.close()
+    assert code == 0, server.log
