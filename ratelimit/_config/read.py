@@ -17,7 +17,7 @@ from ..rules import RULE_NAME, Rule
 from .keys import HEADER_NAME, KeyMaker
 from .rules import MISSING, read_match, read_rule
 
-__all__ = ["Document", "read_document"]
+__all__ = ["Document", "is_service_config", "read_document"]
 
 _TOP = ("version", "backend", "identity", "headers", "shadow", "rules", "envoy")
 _BACKEND = ("storage", "prefix", "hash_tag", "timeout", "failure_mode", "deny_cache")
@@ -62,7 +62,7 @@ def read_document(text: str, source: str, base: Path | None) -> Document:
         report.add(None, "", f"expected one YAML document, found {len(docs)}")
         raise Invalid(report.errors)
     top = Field(docs[0], "", getattr(docs[0], "at", None), report)
-    if _is_service_config(top.value):  # a bare envoyproxy/ratelimit config
+    if is_service_config(top.value):  # a bare envoyproxy/ratelimit config
         tree = read_service_config(top)
         if tree is not None:
             doc.rules.append(DescriptorRule(_envoy_slug(f"envoy-{tree.domain}"), tree))
@@ -73,7 +73,7 @@ def read_document(text: str, source: str, base: Path | None) -> Document:
     return doc
 
 
-def _is_service_config(value: Any) -> bool:
+def is_service_config(value: Any) -> bool:
     """A top level with ``domain``, or ``descriptors`` and none of this format's keys."""
     if not isinstance(value, dict):
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -11,8 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from .._config.read import is_service_config
 from ..config import ConfigError, load_config
 from ..limiter import Limiter
 from ._directory import DirectoryConfig
@@ -136,6 +139,9 @@ async def serve_forever(settings: ServeSettings, stop: asyncio.Event | None = No
         has_prometheus = False
     metrics = ServiceMetrics(has_prometheus, settings.near_limit_ratio)
     limiter, directory = build_limiter(settings, metrics)
+    if settings.headers is None and (directory is not None or _is_service_config_file(settings.config)):
+        # Upstream's format, upstream's default: response headers only when asked for.
+        settings = dataclasses.replace(settings, headers=False)
     if directory is not None:
         directory.start(limiter)
     core = RateLimitCore(limiter, settings, metrics)
@@ -219,6 +225,17 @@ async def serve_forever(settings: ServeSettings, stop: asyncio.Event | None = No
         directory.stop()
     await limiter.aclose()
     log.info("stopped")
+
+
+def _is_service_config_file(path: Path) -> bool:
+    """Whether ``path`` is an envoyproxy/ratelimit service config (not this package's format)."""
+    import yaml
+
+    try:
+        top = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # build_limiter read it already; a file that changed since is not ours to judge
+    return is_service_config(top)
 
 
 def _redacted(limiter: Limiter) -> str:

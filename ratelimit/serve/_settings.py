@@ -146,7 +146,9 @@ class ServeSettings:
         prefix: the key prefix when the config file names none (CACHE_KEY_PREFIX).
         shadow: never answer OVER_LIMIT (SHADOW_MODE), metrics and statuses still tell.
         quota: every limit in quota mode (QUOTA_MODE).
-        headers: add RateLimit header fields to responses; None follows the config file.
+        headers: add RateLimit header fields to responses (LIMIT_RESPONSE_HEADERS_ENABLED);
+            None: as this package's config file says, and off for upstream's format (a
+            service config file or directory), as the Go service's default.
         header_names: names for the X-RateLimit-Limit/-Remaining/-Reset fields.
         near_limit_ratio: the share of a limit above which hits count as near the limit.
         log_level, log_format: logging (LOG_LEVEL, LOG_FORMAT text or json).

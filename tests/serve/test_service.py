@@ -11,7 +11,6 @@ from conftest import descriptor, grpc, rls_pb2
 
 from ratelimit import Limiter
 from ratelimit.enforce import Enforcer
-from ratelimit.envoy import DESCRIPTOR_KEYS
 from ratelimit.request import Headers, RequestInfo
 
 OK, OVER = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
@@ -239,6 +238,27 @@ def test_a_directory_of_upstream_configs(tmp_path: Path, redis_url: str, prefix:
     assert server.ask([("k", "v")], domain="other").statuses[0].current_limit.requests_per_unit == 7
 
 
+@pytest.mark.parametrize(("enabled", "expected"), [(None, False), ("true", True), ("false", False)])
+def test_upstream_format_has_upstream_header_default(
+    tmp_path: Path, redis_url: str, prefix: str, serve: Any, enabled: str | None, expected: bool
+) -> None:
+    """A service config (file or directory) adds no headers unless LIMIT_RESPONSE_HEADERS_ENABLED asks."""
+    conf = tmp_path / "config"
+    conf.mkdir()
+    (conf / "shop.yaml").write_text(SHOP)
+    env = {"REDIS_URL": redis_url, "CACHE_KEY_PREFIX": prefix}
+    if enabled is not None:
+        env["LIMIT_RESPONSE_HEADERS_ENABLED"] = enabled
+    for config in (conf, conf / "shop.yaml"):
+        server = serve(config, env=env)
+        answer = server.ask([("user", "hd")])
+        assert answer.statuses[0].current_limit.name == "per-user"
+        names = {h.key for h in answer.response_headers_to_add}
+        assert bool(names) is expected, (config, names)
+        if expected:
+            assert {"RateLimit-Policy", "RateLimit", "X-RateLimit-Remaining"} <= names
+
+
 def test_gateway_and_app_share_one_budget(tmp_path: Path, redis_url: str, prefix: str, serve: Any) -> None:
     """The server and an app with Limiter.from_config on the same file and Redis count on one counter."""
     path = write_config(tmp_path, redis_url, prefix)
@@ -257,7 +277,6 @@ def test_gateway_and_app_share_one_budget(tmp_path: Path, redis_url: str, prefix
         limiter.close()
 
 
-@pytest.mark.skipif("share_threshold" not in DESCRIPTOR_KEYS, reason="envoy.py reads no share_threshold yet")
 def test_share_threshold_makes_a_wildcard_one_counter(
     tmp_path: Path, redis_url: str, prefix: str, serve: Any
 ) -> None:
