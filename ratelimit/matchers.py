@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .request import RequestInfo
 
@@ -20,16 +20,31 @@ MATCH_KINDS: tuple[str, ...] = ("exact", "prefix", "suffix", "contains", "regex"
 
 def header_value(request: RequestInfo, name: str) -> str | None:
     """A header's value as Envoy sees it: several values joined by ``,``; pseudo-headers
-    ``:path`` (without the query), ``:method`` and ``:authority`` from the request itself."""
+    ``:path`` (with the query string, as Envoy's), ``:method`` and ``:authority`` from
+    the request itself."""
     if name.startswith(":"):
         if name == ":path":
-            return request.path
+            query = _query_string(request.native)
+            return f"{request.path}?{query}" if query else request.path
         if name == ":method":
             return request.method
         if name in (":authority", "host"):
             return request.host
     values = request.headers.get_all(name)
     return ",".join(values) if values else None
+
+
+def _query_string(native: Any) -> str:
+    """The query string of an ASGI scope, a WSGI environ or a Django request ("" for gRPC)."""
+    native = getattr(native, "META", native)  # Django's HttpRequest: its WSGI environ
+    if isinstance(native, dict):
+        raw = native.get("query_string")  # ASGI: bytes
+        if isinstance(raw, bytes):
+            return raw.decode("latin-1")
+        text = native.get("QUERY_STRING")  # WSGI: a latin-1 str
+        if isinstance(text, str):
+            return text
+    return ""
 
 
 @dataclass(frozen=True)

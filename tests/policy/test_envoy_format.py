@@ -232,3 +232,26 @@ def test_config_rules_on_redis_cluster(tmp_path: Path, redis_cluster: Any) -> No
         assert d.allowed(40, x_user_id="solo", x_plan="pro", client="10.9.9.9") == 4
     finally:
         d.close()
+
+
+def test_path_pseudo_header_carries_the_query_string_as_envoys() -> None:
+    """``:path`` is the path with its query string, as Envoy's (ASGI, WSGI, Django); gRPC has none.
+
+    A gateway and an app charging one ``PATH`` domain must build the same descriptor value,
+    or ``/login?next=/`` would count on a counter of its own in the one and not the other.
+    """
+    from ratelimit.matchers import header_value
+    from ratelimit.request import Headers, RequestInfo
+
+    def info(native: Any) -> RequestInfo:
+        return RequestInfo("http", "GET", "/login", Headers([]), native=native)
+
+    class DjangoRequest:
+        def __init__(self) -> None:
+            self.META = {"QUERY_STRING": "next=%2F"}
+
+    assert header_value(info({"type": "http", "query_string": b"next=%2F"}), ":path") == "/login?next=%2F"
+    assert header_value(info({"QUERY_STRING": "next=%2F"}), ":path") == "/login?next=%2F"
+    assert header_value(info(DjangoRequest()), ":path") == "/login?next=%2F"
+    assert header_value(info({"type": "http", "query_string": b""}), ":path") == "/login"
+    assert header_value(info(object()), ":path") == "/login"  # a gRPC context: no query
