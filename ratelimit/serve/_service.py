@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +176,7 @@ class RateLimitCore:
         shadow = await self._decide(shadows)
         if (decision is not None and decision.fallback) or (shadow is not None and shadow.fallback):
             self.metrics.error("redis_error")
-        return self._response(request.domain, slots, decision, shadow, enforcing, shadows)
+        return self._response(request, slots, decision, shadow, enforcing, shadows)
 
     # -- request -> charges ------------------------------------------------------------
 
@@ -287,7 +287,7 @@ class RateLimitCore:
 
     def _response(
         self,
-        domain: str,
+        request: Any,
         slots: Sequence[_Slot],
         decision: Decision | None,
         shadow: Decision | None,
@@ -327,6 +327,9 @@ class RateLimitCore:
             self.metrics.global_shadow()
             limited = False
         response.overall_code = pb.RateLimitResponse.OVER_LIMIT if limited else pb.RateLimitResponse.OK
+        if self.settings.dynamic_metadata:
+            passed = [s.limit for s, st in zip(slots, response.statuses, strict=True) if _passed(s, st, pb)]
+            response.dynamic_metadata.update(_dynamic_metadata(request, passed))
         for name, value in self._headers(decision, enforcing, shadow, shadows):
             response.response_headers_to_add.add(key=name, value=value)
         return response
@@ -392,3 +395,56 @@ def _fill(status: Any, slot: _Slot, limit_status: LimitStatus, pb: Any) -> None:
 def _key_label(rule: DescriptorRule, key: str) -> str:
     """The metrics ``key`` label: the stats key without its domain (upstream's key1.key2...)."""
     return key.removeprefix(rule.tree.domain + ".")
+
+
+def _passed(slot: _Slot, status: Any, pb: Any) -> bool:
+    """A descriptor the request passed, with a limit (upstream's "passed"; unlimited ones are not)."""
+    return slot.limit is not None and not slot.unlimited and status.code != pb.RateLimitResponse.OVER_LIMIT
+
+
+def _dynamic_metadata(request: Any, passed: Sequence[DescriptorLimit | None]) -> dict[str, Any]:
+    """The response's ``dynamic_metadata``, as the Go service writes it with RESPONSE_DYNAMIC_METADATA.
+
+    ``domain``; ``descriptors`` (each its ``entries`` as ``key=value``, its ``limit``
+    override and ``hitsAddend`` when given); the request's ``hitsAddend`` when not 0;
+    ``metadata``: the ``metadata`` of every limit the request passed, merged (nested
+    mappings merged, the first value of any other key kept).
+    """
+    from google.protobuf import text_format  # type: ignore[import-untyped]
+
+    descriptors = []
+    for d in request.descriptors:
+        item: dict[str, Any] = {"entries": [f"{e.key}={e.value}" for e in d.entries]}
+        if d.HasField("limit"):
+            item["limit"] = text_format.MessageToString(d.limit, as_one_line=True)
+        if d.HasField("hits_addend"):
+            item["hitsAddend"] = d.hits_addend.value
+        descriptors.append(item)
+    out: dict[str, Any] = {"domain": request.domain, "descriptors": descriptors}
+    if request.hits_addend:
+        out["hitsAddend"] = request.hits_addend
+    merged: dict[str, Any] = {}
+    for limit in passed:
+        if limit is not None and limit.metadata:
+            _merge(merged, limit.metadata)
+    if merged:
+        out["metadata"] = merged
+    return out
+
+
+def _merge(dest: dict[str, Any], src: Mapping[str, Any]) -> None:
+    """Upstream's mergeMetadata: nested mappings merge; otherwise the value already there stays."""
+    for key, value in src.items():
+        if key not in dest:
+            dest[key] = _plain(value)
+        elif isinstance(dest[key], dict) and isinstance(value, Mapping):
+            _merge(dest[key], value)
+
+
+def _plain(value: Any) -> Any:
+    """A copy of a metadata value as plain dicts and lists (what a protobuf Struct takes)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

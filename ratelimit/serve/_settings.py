@@ -146,6 +146,8 @@ class ServeSettings:
         prefix: the key prefix when the config file names none (CACHE_KEY_PREFIX).
         shadow: never answer OVER_LIMIT (SHADOW_MODE), metrics and statuses still tell.
         quota: every limit in quota mode (QUOTA_MODE).
+        dynamic_metadata: describe the request, and the ``metadata`` of the limits it
+            passed, in the response's ``dynamic_metadata`` (RESPONSE_DYNAMIC_METADATA).
         headers: add RateLimit header fields to responses (LIMIT_RESPONSE_HEADERS_ENABLED);
             None: as this package's config file says, and off for upstream's format (a
             service config file or directory), as the Go service's default.
@@ -171,6 +173,7 @@ class ServeSettings:
     prefix: str | None = None
     shadow: bool = False
     quota: bool = False
+    dynamic_metadata: bool = False
     headers: bool | None = None
     header_names: tuple[str, str, str] = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
     near_limit_ratio: float = 0.8
@@ -260,6 +263,7 @@ class ServeSettings:
             prefix=env.get("CACHE_KEY_PREFIX") or None,
             shadow=_flag(env, "SHADOW_MODE", False),
             quota=_flag(env, "QUOTA_MODE", False),
+            dynamic_metadata=_flag(env, "RESPONSE_DYNAMIC_METADATA", False),
             headers=headers,
             header_names=names,
             near_limit_ratio=ratio,
@@ -291,7 +295,6 @@ IGNORED: dict[str, tuple[str, ...]] = {
     "USE_STATSD": _FALSE,
     "USE_DOG_STATSD": _FALSE,
     "LOCAL_CACHE_SIZE_IN_BYTES": ("0",),
-    "RESPONSE_DYNAMIC_METADATA": _FALSE,
     "TRACING_ENABLED": _FALSE,
 }
 """Variables that make the Go service do what this server does not, with their harmless values.

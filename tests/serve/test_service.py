@@ -293,3 +293,40 @@ descriptors:
     assert server.ask([("files", "top-a")]).overall_code == OK
     assert server.ask([("files", "top-b")]).overall_code == OK
     assert server.ask([("files", "top-c")]).overall_code == OVER
+
+
+def test_response_dynamic_metadata(tmp_path: Path, redis_url: str, prefix: str, serve: Any) -> None:
+    """RESPONSE_DYNAMIC_METADATA=true: the request, and the merged metadata of the limits it passed."""
+    from google.protobuf import json_format
+
+    service = """
+domain: meta
+descriptors:
+  - key: a
+    metadata: {team: {name: checkout, tier: 1}, owner: first}
+    rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: b
+    metadata: {team: {region: eu}, owner: second}
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: c
+    metadata: {never: shown}
+    rate_limit: {unlimited: true}
+"""
+    path = write_config(tmp_path, redis_url, prefix, service)
+    quiet = serve(path)
+    assert not quiet.ask([("a", "1")], domain="meta").HasField("dynamic_metadata")  # off by default
+    server = serve(path, env={"RESPONSE_DYNAMIC_METADATA": "true"})
+    first = server.ask([("a", "1")], [("b", "1")], [("c", "1")], domain="meta", hits=1)
+    meta = json_format.MessageToDict(first.dynamic_metadata)
+    assert meta["domain"] == "meta"
+    assert [d["entries"] for d in meta["descriptors"]] == [["a=1"], ["b=1"], ["c=1"]]
+    assert meta["hitsAddend"] == 1
+    # Nested mappings merge; for any other key the first passed limit's value stays.
+    assert meta["metadata"] == {"team": {"name": "checkout", "tier": 1, "region": "eu"}, "owner": "first"}
+    # b is over its limit now: only a's metadata is left (c is unlimited: never "passed").
+    second = server.ask([("a", "1")], [("b", "1")], domain="meta")
+    assert second.overall_code == OVER
+    assert json_format.MessageToDict(second.dynamic_metadata)["metadata"] == {
+        "team": {"name": "checkout", "tier": 1},
+        "owner": "first",
+    }
