@@ -31,6 +31,7 @@ __all__ = ["BadRequest", "RateLimitCore"]
 log = logging.getLogger("ratelimit.serve")
 
 MAX_UINT32 = 2**32 - 1
+MAX_DESCRIPTORS = 256  # per request; Envoy sends one per rate_limits entry of a route, a handful
 # The proto's unit enum values (envoy.service.ratelimit.v3.RateLimitResponse.RateLimit.Unit).
 UNIT_ENUM = {"second": 1, "minute": 2, "hour": 3, "day": 4, "month": 5, "year": 6, "week": 7}
 ENUM_UNIT = {v: k for k, v in UNIT_ENUM.items()}
@@ -164,6 +165,12 @@ class RateLimitCore:
             raise BadRequest("rate limit domain must not be empty")
         if not request.descriptors:
             raise BadRequest("rate limit descriptor list must not be empty")
+        if len(request.descriptors) > MAX_DESCRIPTORS:
+            # One script call decides them all: a request of thousands would hold Redis past
+            # the budget and open the breaker for every other caller.
+            raise BadRequest(
+                f"{len(request.descriptors)} descriptors in one request; at most {MAX_DESCRIPTORS}"
+            )
         domains = self._current()
         rule = domains.rules.get(request.domain)
         if rule is None:

@@ -185,10 +185,11 @@ def test_limit_override_from_the_request(shop: Any) -> None:
     [
         (lambda: [], "descriptor list must not be empty"),
         (lambda: [descriptor(("user", "x"), override=(1, 0))], "limit override has unit 0"),
+        (lambda: [[("user", f"u{i}")] for i in range(257)], "257 descriptors in one request; at most 256"),
     ],
 )
 def test_bad_requests_get_invalid_argument(shop: Any, build: Any, expected: str) -> None:
-    """No descriptors or an override without a unit: INVALID_ARGUMENT with a message, server unharmed."""
+    """No descriptors, too many, or an override without a unit: INVALID_ARGUMENT, server unharmed."""
     with pytest.raises(grpc.RpcError) as err:
         shop.ask(*build())
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
