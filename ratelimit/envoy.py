@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,19 +122,37 @@ class DescriptorMatch:
         counter_entries: the entries the counter is keyed by: ``entries`` with the value of
             each entry matched by a ``share_threshold`` wildcard replaced by that wildcard
             (``files/*``), so every value it matches shares one counter.
-        stats_key: the service's stats key for this request (``detailed_metric``,
-            ``value_to_metric`` and ``share_threshold`` applied as the service applies them).
+        domain: the domain it matched in.
+        shown: per entry, the value the service's stats key shows for it without
+            ``detailed_metric`` (the configured value or wildcard; "" for a key alone).
     """
 
     limit: DescriptorLimit
     entries: tuple[tuple[str, str], ...]
     counter_entries: tuple[tuple[str, str], ...]
-    stats_key: str
+    domain: str = field(repr=False)
+    shown: tuple[str, ...] = field(repr=False)
 
     @property
     def shared(self) -> bool:
         """Whether a ``share_threshold`` wildcard stands for some value in the counter."""
         return self.counter_entries != self.entries
+
+    @property
+    def stats_key(self) -> str:
+        """The service's stats key for this request (``detailed_metric``, ``value_to_metric``
+        and ``share_threshold`` applied as the service applies them).
+
+        Built on demand: the app's request path never needs it.
+        """
+        pairs: Iterable[tuple[str, str]]
+        if not self.limit.detailed_metric:
+            pairs = zip((k for k, _ in self.entries), self.shown, strict=True)
+        elif self.shared:
+            pairs = self.counter_entries
+        else:
+            return ".".join([self.domain, *(f"{k}_{v}" for k, v in self.entries)])
+        return ".".join([self.domain, *(f"{k}_{v}" if v else k for k, v in pairs)])
 
 
 def wildcard_match(pattern: str, text: str) -> bool:
@@ -211,10 +229,9 @@ class DescriptorTree:
         last = len(entries) - 1
         limit: DescriptorLimit | None = None
         shared: dict[int, str] = {}
-        detailed, valued = [self.domain], [self.domain]
+        shown: list[str] = []
         for i, (key, value) in enumerate(entries):
             joined = f"{key}_{value}"
-            detailed.append(joined)
             node = level.nodes.get(joined)
             wildcard = None
             if node is None:
@@ -225,17 +242,15 @@ class DescriptorTree:
             by_value = node is not None
             if node is None:
                 node = level.nodes.get(key)
-            if node is None:
-                valued.append(key)
-                break
+                if node is None:
+                    return None
             if wildcard is not None:
                 pattern = wildcard.removeprefix(f"{key}_")
                 if node.share_threshold:
                     shared[i] = pattern
-                shown = shared.get(i) or (value if node.value_to_metric else pattern)
+                shown.append(shared.get(i) or (value if node.value_to_metric else pattern))
             else:
-                shown = value if by_value or node.value_to_metric else ""
-            valued.append(f"{key}_{shown}" if shown else key)
+                shown.append(value if by_value or node.value_to_metric else "")
             if i == last:
                 limit = node.limit
             if not node.children.nodes:
@@ -244,16 +259,8 @@ class DescriptorTree:
         if limit is None:
             return None
         given = tuple(entries)
-        counter = tuple((k, shared.get(i, v)) for i, (k, v) in enumerate(given))
-        if limit.detailed_metric:
-            stats = (
-                ".".join([self.domain, *(f"{k}_{v}" if v else k for k, v in counter)])
-                if shared
-                else ".".join(detailed)
-            )
-        else:
-            stats = ".".join(valued)
-        return DescriptorMatch(limit, given, counter, stats)
+        counter = tuple((k, shared.get(i, v)) for i, (k, v) in enumerate(given)) if shared else given
+        return DescriptorMatch(limit, given, counter, self.domain, tuple(shown))
 
 
 def read_service_config(f: Field) -> DescriptorTree | None:
@@ -362,8 +369,7 @@ _FLAGS = ("shadow_mode", "quota_mode", "detailed_metric", "value_to_metric", "sh
 
 def _note(notes: list[str], f: Field, message: str) -> None:
     """An accepted field the app gives no meaning to (``ratelimit check`` prints it)."""
-    where = f"{f.report.source}:{f.pos[0]}:{f.pos[1]}" if f.pos else f.report.source
-    notes.append(f"{where}: {f.path}: {message}")
+    notes.append(f.report.line(f.pos, f.path, message))
 
 
 def _read_limit(

@@ -123,11 +123,10 @@ def _counters(rule: Any, identity: str, tier: str | None) -> list[tuple[str, str
     """(label, counter, limits) of ``identity`` under ``rule``; Envoy domains read ``k=v,k=v``."""
     if isinstance(rule, DescriptorRule):
         entries = [tuple(part.split("=", 1)) for part in identity.split(",") if "=" in part]
-        given = [(k, v) for k, v in entries]
-        found = rule.tree.match(given) if given else None
-        charge = rule.charge(given) if given else None
-        if found is None or charge is None:
+        found = rule.tree.match([(k, v) for k, v in entries]) if entries else None
+        if found is None:
             return []
+        charge = rule.charge_of(found)
         shared = ",".join(f"{k}={v}" for k, v in found.counter_entries)
         label = f"{rule.name} (shared counter {shared})" if found.shared else rule.name
         return [(label, charge.counted, charge.rates)]

@@ -57,8 +57,12 @@ class Report:
     errors: list[str] = field(default_factory=list)
 
     def add(self, pos: tuple[int, int] | None, path: str, message: str) -> None:
+        self.errors.append(self.line(pos, path, message))
+
+    def line(self, pos: tuple[int, int] | None, path: str, message: str) -> str:
+        """``file:line:col: field: message``, as errors are written (notes use it too)."""
         where = f"{self.source}:{pos[0]}:{pos[1]}" if pos else self.source
-        self.errors.append(f"{where}: {path or '(top level)'}: {message}")
+        return f"{where}: {path or '(top level)'}: {message}"
 
 
 @dataclass
