@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -49,6 +50,8 @@ class Config:
     limiter_options: dict[str, Any]
     files: tuple[Path, ...]
     digest: str
+    service_format: bool = False
+    """envoyproxy/ratelimit's own format: a bare service config, or a directory of them."""
 
 
 def parse_config(text: str, source: str = "<config>", base: str | os.PathLike[str] | None = None) -> Config:
@@ -59,12 +62,21 @@ def parse_config(text: str, source: str = "<config>", base: str | os.PathLike[st
         raise ConfigError(exc.errors) from None
     ruleset = RuleSet(tuple(doc.rules), source=source, **doc.settings)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return Config(ruleset, doc.limiter, tuple(doc.files), digest)
+    return Config(ruleset, doc.limiter, tuple(doc.files), digest, doc.service_format)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the config file at ``path``; raises :class:`ConfigError`."""
+    """Read and validate the config file at ``path``; raises :class:`ConfigError`.
+
+    ``path`` may also be a directory of envoyproxy/ratelimit service configs, as that
+    service reads its runtime directory: every ``*.yaml``/``*.yml`` file in it (not its
+    dot entries, such as a ConfigMap volume's ``..data``) is one ``envoy:`` entry. The
+    directory is among the config's ``files``, so a file added or removed is a change.
+    """
     path = Path(path)
+    if path.is_dir():
+        config = parse_config(_directory_document(path), str(path), path)
+        return dataclasses.replace(config, files=(path, *config.files), service_format=True)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -73,6 +85,20 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         ) from None
     config = parse_config(text, str(path), path.parent)
     return dataclasses.replace(config, files=(path, *config.files))
+
+
+def _directory_document(path: Path) -> str:
+    """A config whose ``envoy:`` entries are the service config files of directory ``path``."""
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config directory: {exc.strerror or exc}"]) from None
+    files = [
+        str((path / n).absolute())
+        for n in names
+        if not n.startswith(".") and n.endswith((".yaml", ".yml")) and (path / n).is_file()
+    ]
+    return json.dumps({"envoy": [{"file": f} for f in files]})  # JSON is YAML
 
 
 def _fingerprint(files: tuple[Path, ...]) -> tuple[Any, ...]:
@@ -171,7 +197,8 @@ class ConfigSource:
             self._seen = _fingerprint(config.files)
             limiter.ruleset = config.ruleset
             _count(limiter, "applied")
-            log.info("ratelimit: loaded %d rules from %s", len(config.ruleset.rules), self.path)
+            what = "domains" if config.service_format else "rules"
+            log.info("ratelimit: loaded %d %s from %s", len(config.ruleset.rules), what, self.path)
         if self.on_reload is not None:
             self.on_reload(config)
         return True

@@ -62,7 +62,8 @@ class Limiter(Engine):
         middleware, the gRPC interceptors) and the file's rules are enforced there.
 
         Args:
-            path: the YAML file (this project's format, or an envoyproxy/ratelimit config).
+            path: the YAML file (this project's format, or an envoyproxy/ratelimit config),
+                or a directory of envoyproxy/ratelimit configs.
             reload: watch the file and apply valid changes without a restart, every 2 s
                 (or every ``reload`` seconds); ``False`` to load once.
             options: :class:`Limiter` arguments that win over the file's ``backend``

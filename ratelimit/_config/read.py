@@ -17,7 +17,7 @@ from ..rules import RULE_NAME, Rule
 from .keys import HEADER_NAME, KeyMaker
 from .rules import MISSING, read_match, read_rule
 
-__all__ = ["Document", "is_service_config", "read_document"]
+__all__ = ["Document", "read_document"]
 
 _TOP = ("version", "backend", "identity", "headers", "shadow", "rules", "envoy")
 _BACKEND = ("storage", "prefix", "hash_tag", "timeout", "failure_mode", "deny_cache")
@@ -45,6 +45,7 @@ class Document:
     limiter: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    service_format: bool = False  # a bare envoyproxy/ratelimit service config
 
 
 def read_document(text: str, source: str, base: Path | None) -> Document:
@@ -62,7 +63,8 @@ def read_document(text: str, source: str, base: Path | None) -> Document:
         report.add(None, "", f"expected one YAML document, found {len(docs)}")
         raise Invalid(report.errors)
     top = Field(docs[0], "", getattr(docs[0], "at", None), report)
-    if is_service_config(top.value):  # a bare envoyproxy/ratelimit config
+    if _is_service_config(top.value):  # a bare envoyproxy/ratelimit config
+        doc.service_format = True
         tree = read_service_config(top)
         if tree is not None:
             doc.rules.append(DescriptorRule(_envoy_slug(f"envoy-{tree.domain}"), tree))
@@ -73,7 +75,7 @@ def read_document(text: str, source: str, base: Path | None) -> Document:
     return doc
 
 
-def is_service_config(value: Any) -> bool:
+def _is_service_config(value: Any) -> bool:
     """A top level with ``domain``, or ``descriptors`` and none of this format's keys."""
     if not isinstance(value, dict):
         return False

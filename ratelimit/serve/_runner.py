@@ -12,13 +12,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from .._config.read import is_service_config
 from ..config import ConfigError, load_config
 from ..limiter import Limiter
-from ._directory import DirectoryConfig
 from ._http import HttpEndpoints
 from ._metrics import ServiceMetrics
 from ._service import BadRequest, RateLimitCore
@@ -79,49 +76,41 @@ def configure_logging(settings: ServeSettings) -> None:
     root.setLevel(settings.log_level)
 
 
-def build_limiter(settings: ServeSettings, metrics: ServiceMetrics) -> tuple[Limiter, DirectoryConfig | None]:
+def build_limiter(settings: ServeSettings, metrics: ServiceMetrics) -> tuple[Limiter, bool]:
     """The limiter of the config (file or directory), with storage from the file or REDIS_URL.
 
     The config file's ``backend`` wins; the environment fills in what it leaves out.
+    Also says whether the config is in upstream's own format (a service config file or
+    a directory of them).
 
     Raises:
         ServeError: the config is invalid or names no storage and REDIS_URL is unset.
     """
     path = settings.config
-    directory = None
     try:
-        if path.is_dir():
-            directory = DirectoryConfig(path, settings.reload)
-            config = directory.load()
-        else:
-            config = load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         raise ServeError(f"invalid config:\n{exc}") from None
-    options = dict(config.limiter_options)
-    for name, value in (
-        ("storage", settings.storage),
-        ("timeout", settings.timeout),
-        ("prefix", settings.prefix),
-    ):
-        if name not in options and value is not None:
-            options[name] = value
-    if "storage" not in options:
+    file_options = config.limiter_options
+    extra: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("storage", settings.storage),
+            ("timeout", settings.timeout),
+            ("prefix", settings.prefix),
+        )
+        if name not in file_options and value is not None
+    }
+    if "storage" not in file_options and "storage" not in extra:
         raise ServeError(
             f"no storage: {path} names no backend.storage and REDIS_URL is unset "
             "(REDIS_URL=redis://host:6379/0; memory:// keeps counters in this process only)"
         )
-    options["metrics"] = metrics.engine
     try:
-        if directory is not None:
-            limiter = Limiter(**options)
-            limiter.ruleset = config.ruleset
-        else:
-            file_options = config.limiter_options
-            extra = {k: v for k, v in options.items() if k not in file_options}
-            limiter = Limiter.from_config(path, reload=settings.reload, **extra)
+        limiter = Limiter.from_config(path, reload=settings.reload, metrics=metrics.engine, **extra)
     except (ValueError, TypeError, ImportError, ConfigError) as exc:
         raise ServeError(f"cannot build the limiter: {exc}") from None
-    return limiter, directory
+    return limiter, config.service_format
 
 
 async def serve_forever(settings: ServeSettings, stop: asyncio.Event | None = None) -> None:
@@ -138,12 +127,10 @@ async def serve_forever(settings: ServeSettings, stop: asyncio.Event | None = No
     except ImportError:
         has_prometheus = False
     metrics = ServiceMetrics(has_prometheus, settings.near_limit_ratio)
-    limiter, directory = build_limiter(settings, metrics)
-    if settings.headers is None and (directory is not None or _is_service_config_file(settings.config)):
+    limiter, service_format = build_limiter(settings, metrics)
+    if settings.headers is None and service_format:
         # Upstream's format, upstream's default: response headers only when asked for.
         settings = dataclasses.replace(settings, headers=False)
-    if directory is not None:
-        directory.start(limiter)
     core = RateLimitCore(limiter, settings, metrics)
     domains = sorted(core.domains())
     if not domains:
@@ -221,21 +208,8 @@ async def serve_forever(settings: ServeSettings, stop: asyncio.Event | None = No
     await server.stop(settings.grace)
     if endpoints.inflight:
         await asyncio.wait(endpoints.inflight, timeout=max(settings.grace, 0.1))
-    if directory is not None:
-        directory.stop()
     await limiter.aclose()
     log.info("stopped")
-
-
-def _is_service_config_file(path: Path) -> bool:
-    """Whether ``path`` is an envoyproxy/ratelimit service config (not this package's format)."""
-    import yaml
-
-    try:
-        top = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False  # build_limiter read it already; a file that changed since is not ours to judge
-    return is_service_config(top)
 
 
 def _redacted(limiter: Limiter) -> str:

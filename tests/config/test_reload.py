@@ -224,3 +224,24 @@ def test_deleted_file_keeps_the_rules(tmp_path: Path, caplog: pytest.LogCaptureF
         assert any("cannot read" in r.getMessage() for r in caplog.records)
         path.write_text(RULES.format(rate="2/minute"))
         assert limiter.reload_config() is True
+
+
+def test_a_directory_of_service_configs_loads_and_follows_new_files(tmp_path: Path) -> None:
+    """A directory of envoyproxy/ratelimit configs is one config: a domain per file, dot entries left out."""
+    conf = tmp_path / "config"
+    conf.mkdir()
+    (conf / "shop.yaml").write_text(
+        "domain: shop\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 1}\n"
+    )
+    (conf / "notes.txt").write_text("not a config")
+    (conf / "..data").mkdir()
+    limiter = Limiter.from_config(conf, reload=False)
+    try:
+        assert limiter.config is not None and limiter.config.current.service_format
+        assert [r.tree.domain for r in limiter.ruleset.rules] == ["shop"]
+        (conf / "other.yml").write_text("domain: other\ndescriptors: []\n")
+        assert limiter.reload_config()
+        assert [r.tree.domain for r in limiter.ruleset.rules] == ["other", "shop"]
+        assert not limiter.reload_config()  # nothing changed since
+    finally:
+        limiter.close()
