@@ -142,20 +142,15 @@ def _no_counter(rule: Any, identity: str) -> str:
 
 def _storage_shown(limiter: Any, storage: str | None) -> str:
     """The storage URL inspect reads, any password replaced by ``***``."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit
-
     current = limiter.config.current if limiter.config is not None else None
     url = storage or (current.limiter_options.get("storage") if current is not None else None) or "memory://"
     if not isinstance(url, str):
         return type(url).__name__
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = urlencode([(k, "***" if "password" in k else v) for k, v in parse_qsl(parts.query)], safe="/*")
-    if parts.scheme == "memory":
+    if url.startswith("memory:"):
         return f"{url} (this process only: it holds none of the app's counters)"
-    return parts._replace(netloc=netloc, query=query).geturl()
+    from ..backends.redis._redis_urls import redact_url  # a Redis URL: the redis extra is installed
+
+    return redact_url(url)
 
 
 def run_inspect(

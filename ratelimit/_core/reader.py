@@ -21,12 +21,21 @@ __all__ = ["Field", "Report", "parse_duration"]
 
 T = TypeVar("T")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
+_DURATION_UNITS = {
+    None: 1.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ns": 1e-9,
+    "m": 60.0,
+    "h": 3600.0,
+}
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``0.05``, ``"50ms"``, ``"2s"``, ``"1m"``; ValueError otherwise."""
+    """Seconds from ``0.05``, ``"50ms"``, ``"2s"``, ``"1m"`` (and Go's ``us``, ``ns``); else ValueError."""
     if isinstance(value, bool):
         raise ValueError("a duration, not a boolean")
     if isinstance(value, (int, float)):

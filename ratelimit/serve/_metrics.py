@@ -22,34 +22,12 @@ latency and errors, config reloads) come from :mod:`ratelimit.metrics`.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, NamedTuple
 
 from .._core.decision import LimitStatus
-from ..metrics import OTHER, Metrics
+from ..metrics import Metrics, _BoundedLabel
 
 __all__ = ["ServiceMetrics"]
-
-_MAX_LENGTH = 64
-
-
-class _Bounded:
-    """At most ``cap`` distinct label values (cut to 64 characters); later ones are OTHER."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.seen: set[str] = set()
-        self.lock = threading.Lock()
-
-    def __call__(self, value: str) -> str:
-        value = value[:_MAX_LENGTH]
-        if value in self.seen:
-            return value
-        with self.lock:
-            if value in self.seen or len(self.seen) < self.cap:
-                self.seen.add(value)
-                return value
-        return OTHER
 
 
 class _Series(NamedTuple):
@@ -81,8 +59,8 @@ class ServiceMetrics:
 
         registry = REGISTRY if registry is None else registry
         self.engine = Metrics(registry)
-        self._domains = _Bounded(100)
-        self._keys = _Bounded(1000)
+        self._domains = _BoundedLabel(100)
+        self._keys = _BoundedLabel(1000)
         self._methods: dict[str, tuple[Any, Any]] = {}  # the gRPC methods' series (a few)
 
         def per_key(name: str, doc: str) -> Any:

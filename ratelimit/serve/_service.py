@@ -134,6 +134,9 @@ class RateLimitCore:
         self.settings = settings
         self.metrics = metrics
         self._domains = _Domains(limiter.ruleset)
+        # LIMIT_*_HEADER names for the X-RateLimit-* fields; None: the fields keep their names.
+        rename = dict(zip(_LEGACY, settings.header_names, strict=True))
+        self._rename = None if all(k == v for k, v in rename.items()) else rename
 
     def domains(self) -> dict[str, DescriptorRule]:
         """The envoy domains in force now, by name."""
@@ -378,8 +381,8 @@ class RateLimitCore:
             fields = [f for f in fields if f[0] != "Retry-After"]  # shadow limits never deny
         else:
             return []
-        rename = dict(zip(_LEGACY, self.settings.header_names, strict=True))
-        return [(rename.get(n, n), v) for n, v in fields]
+        rename = self._rename
+        return fields if rename is None else [(rename.get(n, n), v) for n, v in fields]
 
 
 def _fill(status: Any, slot: _Slot, limit_status: LimitStatus, pb: Any) -> None:

@@ -8,11 +8,12 @@ upstream variable and what becomes of it here.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+from .._core.reader import parse_duration
 
 __all__ = ["ServeSettings", "SettingsError", "redis_url_from_env"]
 
@@ -23,8 +24,6 @@ class SettingsError(ValueError):
 
 _TRUE = ("1", "t", "true", "y", "yes", "on")
 _FALSE = ("0", "f", "false", "n", "no", "off", "")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
-_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _LEVELS = {"trace": "DEBUG", "debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING",
            "error": "ERROR", "fatal": "CRITICAL", "panic": "CRITICAL"}  # fmt: skip
 
@@ -60,10 +59,10 @@ def _duration(env: Mapping[str, str], name: str) -> float | None:
     raw = env.get(name)
     if raw in (None, ""):
         return None
-    m = _DURATION.match(raw)
-    if m is None:
-        raise SettingsError(f"{name}={raw!r}: expected a duration such as 50ms or 2s")
-    return float(m.group(1)) * _SECONDS[m.group(2)]
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a duration such as 50ms or 2s") from None
 
 
 def redis_url_from_env(env: Mapping[str, str]) -> str | None:

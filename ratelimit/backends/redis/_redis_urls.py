@@ -15,7 +15,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ._wire import Endpoint
 
@@ -25,8 +25,22 @@ __all__ = [
     "make_clients",
     "make_sentinel",
     "parse_redis_url",
+    "redact_url",
     "target_endpoints",
 ]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with every password (userinfo, ``*password=`` options) replaced by ``***``: safe to print."""
+    parts = urlsplit(url)
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    if "password" in query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if "password" in k else v) for k, v in pairs], safe="/*")
+    return parts._replace(netloc=netloc, query=query).geturl()
+
 
 _SCHEMES = {
     "redis": ("standalone", False),
@@ -54,10 +68,8 @@ class RedisTarget:
     options: dict[str, str] = field(default_factory=dict)
 
     def redacted(self) -> str:
-        """The URL with any password replaced by ``***`` (safe to log)."""
-        if self.password is None:
-            return self.url
-        return self.url.replace(f":{self.password}@", ":***@", 1)
+        """The URL with every password (userinfo, ``password=``, ``sentinel_password=``) as ``***``."""
+        return redact_url(self.url)
 
 
 def _port(text: str, url: str) -> int:
