@@ -114,13 +114,11 @@ class Serve:
         text = self.metrics()
         if text is None or "decisions_total" not in text:
             return None
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("#") or "decisions_total" not in line:
-                continue
-            if 'result="fallback"' in line or "backend_errors" in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if "decisions_total{" in line and 'result="fallback"' in line
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
