@@ -62,7 +62,7 @@ _V = TypeVar("_V")
 _INSTALL_HINT = "Metrics needs prometheus-client: pip install 'ambient-ratelimit[prometheus]'"
 
 
-class _BoundedLabel:
+class BoundedLabel:  # not in __all__: shared with ratelimit.serve, not an API
     """Truncates label values and admits at most ``cap`` distinct ones; the rest are OTHER."""
 
     __slots__ = ("_cap", "_lock", "_seen")
@@ -158,9 +158,9 @@ class _Collectors:
             raise
         # Shared with every Metrics on these collectors, so two instances cannot
         # together exceed the caps.
-        self.rules = _BoundedLabel(MAX_RULES)
-        self.adapters = _BoundedLabel(MAX_ADAPTERS)
-        self.backends = _BoundedLabel(MAX_BACKENDS)
+        self.rules = BoundedLabel(MAX_RULES)
+        self.adapters = BoundedLabel(MAX_ADAPTERS)
+        self.backends = BoundedLabel(MAX_BACKENDS)
         self.decision_children: dict[tuple[str, str, str], Counter] = {}
         self.latency_children: dict[str, Histogram] = {}
         self.phase_children: dict[str, tuple[Histogram, Histogram]] = {}

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._core.decision import LimitStatus
-from ..metrics import Metrics, _BoundedLabel
+from ..metrics import BoundedLabel, Metrics
 
 __all__ = ["ServiceMetrics"]
 
@@ -59,8 +59,8 @@ class ServiceMetrics:
 
         registry = REGISTRY if registry is None else registry
         self.engine = Metrics(registry)
-        self._domains = _BoundedLabel(100)
-        self._keys = _BoundedLabel(1000)
+        self._domains = BoundedLabel(100)
+        self._keys = BoundedLabel(1000)
         self._methods: dict[str, tuple[Any, Any]] = {}  # the gRPC methods' series (a few)
 
         def per_key(name: str, doc: str) -> Any:
